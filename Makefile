@@ -1,0 +1,79 @@
+# imbalance-bench: every target that runs code depends on `install`, which is idempotent
+# and returns at once when nothing changed.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+METHOD ?= mie
+DATASET ?= avdigits
+SEEDS ?= 0
+EPOCHS ?=
+LAUNCHER ?= inline
+PROFILE ?=
+SET ?=
+RAW ?=
+WORKERS ?=
+
+DEBIAN_PACKAGES := espeak-ng ffmpeg sox munge slurmctld slurmd slurm-client slurmdbd mariadb-server
+
+BENCH_ARGS := --method $(METHOD) --dataset $(DATASET) --seeds $(SEEDS) --launcher $(LAUNCHER) \
+	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(PROFILE),--profile $(PROFILE)) \
+	$(if $(strip $(SET)),--set $(SET))
+
+.PHONY: install system-packages bench test lint bench-speed figures prepare sweep slurm-up slurm-down clean
+
+install: system-packages $(STAMP)
+
+# As root on Debian, install the programs the suite calls (espeak-ng for avdigits, ffmpeg
+# for `prepare`, Slurm + munge + MariaDB for the single-node test cluster). Elsewhere,
+# print what is missing and carry on: the Python part still installs.
+system-packages:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "note: missing system packages (install them yourself): $$missing"; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+bench: install
+	$(PY) -m benchmark run $(BENCH_ARGS)
+
+sweep: install
+	$(PY) -m benchmark run --method joint ogm_ge pmr agm mie --dataset $(DATASET) --seeds 0 1 2 \
+		--launcher $(LAUNCHER) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(PROFILE),--profile $(PROFILE))
+
+test: install
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+lint: install
+	$(PY) -m ruff check .
+
+bench-speed: install
+	$(PY) -m pytest tests/benchmarks --benchmark-enable --benchmark-only -q
+
+figures: install
+	$(PY) -m benchmark report
+
+prepare: install
+	$(PY) -m benchmark prepare $(DATASET) $(if $(RAW),--raw $(RAW)) $(if $(WORKERS),--workers $(WORKERS))
+
+slurm-up: install
+	slurm/testcluster/start.sh .slurm-test
+
+slurm-down:
+	slurm/testcluster/stop.sh .slurm-test
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
