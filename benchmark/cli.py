@@ -1,0 +1,167 @@
+"""Command line: list | prepare | run | report (DESIGN.md, "Command line")."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmark.errors import USER_ERRORS
+
+EPILOG = "Docs: README.md. Exit status 2 means bad input (the message says what to fix)."
+
+
+def _first_line(obj: object) -> str:
+    return ((obj.__doc__ or "").strip().splitlines() or [""])[0]
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from benchmark.data import data_root
+    from datasets import get_dataset_spec, list_datasets
+    from methods import get_method_class, list_encoders, list_fusions, list_methods
+
+    what = args.what
+    if what in (None, "methods"):
+        print("methods:")
+        for name in list_methods():
+            print(f"  {name:10s} {_first_line(get_method_class(name))}")
+    if what in (None, "datasets"):
+        print("datasets:")
+        root = data_root(args.data_root)
+        for name in list_datasets():
+            spec = get_dataset_spec(name)
+            state = (
+                "prepared"
+                if (root / name / "meta.json").is_file()
+                else ("generated on first use" if spec.generated else "not prepared")
+            )
+            print(f"  {name:10s} {spec.description} [{state}]")
+    if what in (None, "encoders"):
+        print("encoders:")
+        for name in list_encoders():
+            print(f"  {name}")
+        print("fusion heads:")
+        for name in list_fusions():
+            print(f"  {name}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from benchmark.config import parse_overrides
+    from benchmark.data import data_root, prepare_dataset
+
+    options = parse_overrides(args.set or [])
+    if args.recipe is not None:
+        options["recipe"] = args.recipe
+    if args.workers is not None:
+        options["workers"] = args.workers
+    ds = prepare_dataset(
+        args.dataset,
+        data_root(args.data_root),
+        Path(args.raw) if args.raw else None,
+        options,
+        Path(args.out) if args.out else None,
+    )
+    counts = ", ".join(f"{k} {v}" for k, v in ds.meta["splits"].items())
+    print(
+        f"prepared {ds.name} in {ds.root}: {counts}; modalities "
+        + ", ".join(f"{m} {list(s.shape)} {s.dtype}" for m, s in ds.modalities.items())
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from benchmark.config import parse_overrides
+    from benchmark.data import data_root
+    from benchmark.launch import launch, plan_grid
+    from benchmark.runstore import results_root, run_dir
+
+    overrides = parse_overrides(args.set or [])
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    if args.device is not None:
+        overrides["device"] = args.device
+    root, results = data_root(args.data_root), results_root(args.results)
+    configs = plan_grid(args.method, args.dataset, args.seeds, overrides, root)
+    summaries = launch(configs, args.launcher, results, root, args.profile, wait=args.wait)
+    if summaries:
+        header = f"{'method':8s} {'dataset':10s} {'seed':>4s} {'best':>4s}"
+        print(f"{header}  test accuracy at the best-val epoch")
+        for cfg, s in zip(configs, summaries, strict=True):
+            accs = "  ".join(f"{h} {100 * s[f'test/{h}/acc']:.2f}" for h in s["heads"])
+            print(f"{cfg.method:8s} {cfg.dataset:10s} {cfg.seed:4d} {s['best_epoch']:4d}  {accs}")
+        print(f"runs in {run_dir(results, configs[0]).parent.parent.parent}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from benchmark.report import main as report_main
+    from benchmark.runstore import results_root
+
+    return report_main(results_root(args.results), args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmark",
+        description="imbalance-bench: multimodal imbalance methods under one harness",
+        epilog=EPILOG,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list methods, datasets, encoders")
+    p.add_argument("what", nargs="?", choices=["methods", "datasets", "encoders"])
+    p.add_argument("--data-root", help="prepared datasets (default ./data or $BENCH_DATA_ROOT)")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "prepare", help="turn a raw release (or a generator) into the prepared format"
+    )
+    p.add_argument("dataset", help="registered dataset name (see `list datasets`)")
+    p.add_argument("--raw", help="the release's directory, in the layout README.md gives")
+    p.add_argument("--data-root", help="where prepared datasets live (default ./data)")
+    p.add_argument("--out", help="write here instead of <data-root>/<dataset>")
+    p.add_argument("--recipe", help="preprocessing recipe, where references disagree")
+    p.add_argument("--workers", type=int, help="parallel processes (default: all cores)")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="dataset options (knobs)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("run", help="train a grid of methods x datasets x seeds")
+    p.add_argument("--method", nargs="+", required=True, help="method name(s), see `list methods`")
+    p.add_argument("--dataset", nargs="+", required=True, help="dataset name(s) or prepared dir(s)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--epochs", type=int, help="override the dataset's epochs")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="override run settings or hyper-parameters (JSON values)",
+    )
+    p.add_argument("--launcher", choices=["inline", "local", "slurm"], default="inline")
+    p.add_argument("--profile", help="Slurm profile name (slurm/<name>.yaml)")
+    p.add_argument(
+        "--wait", action="store_true", help="with local/slurm: follow progress until done"
+    )
+    p.add_argument("--results", help="results directory (default ./results or $BENCH_RESULTS)")
+    p.add_argument("--data-root", help="prepared datasets (default ./data or $BENCH_DATA_ROOT)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="tables (and figures) from results/")
+    p.add_argument("--results", help="results directory (default ./results)")
+    p.add_argument("--out", help="where tables/ and figures/ go (default: the results directory)")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130

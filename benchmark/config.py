@@ -1,0 +1,155 @@
+"""Resolving a run's configuration: one flat namespace of run settings and method
+hyper-parameters, each with a default, overridable by `--set key=value`.
+
+Precedence (lowest first): RUN_DEFAULTS < the dataset's defaults < the method's
+`paper_settings` (protocol "paper" only) < `--set`; method hyper-parameters: the
+method's `defaults` < its `presets[dataset]` < `--set`. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from benchmark.errors import UserError
+from methods import get_method_class, list_encoders, list_fusions
+from methods.optim import OPTIMIZERS, SCHEDULERS
+
+# Run settings shared by every method: the fair comparison's knobs. Datasets override
+# these per dataset (their module's DEFAULTS); `--set` overrides both.
+RUN_DEFAULTS: dict[str, Any] = {
+    "protocol": "benchmark",  # benchmark (same settings for all) | paper (each method's own)
+    "epochs": 100,
+    "batch_size": 64,
+    "eval_batch_size": 256,
+    "optimizer": "sgd",  # sgd | adam | adamw
+    "lr": 1e-3,
+    "momentum": 0.9,
+    "weight_decay": 1e-4,
+    "scheduler": "step",  # step | cosine | none
+    "lr_step": 70,  # StepLR period in epochs
+    "lr_gamma": 0.1,  # StepLR factor
+    "encoder": "resnet18",  # see `list encoders`
+    "fusion": "concat",  # concat | sum | film | gated
+    "frames": 1,  # frames per clip fed to the visual encoder
+    "crop_size": 224,  # RandomResizedCrop output size (train) / Resize (eval)
+    "crop_scale": [0.08, 1.0],  # RandomResizedCrop area range
+    "hflip": True,  # random horizontal flip in training
+    "workers": 0,  # loader worker processes (does not change results)
+    "device": "auto",  # auto | cpu | cuda | cuda:N (does not change the run id)
+}
+# Settings that do not change what a run computes: left out of the run id.
+NOT_IN_RUN_ID = frozenset({"workers", "device", "eval_batch_size"})
+CHOICES: dict[str, Sequence[str]] = {
+    "protocol": ("benchmark", "paper"),
+    "optimizer": OPTIMIZERS,
+    "scheduler": SCHEDULERS,
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A fully resolved run: what config.json records and the run id hashes."""
+
+    method: str
+    dataset: str  # the dataset's name (meta.json), the directory name under runs/
+    dataset_path: str  # the prepared directory
+    seed: int
+    settings: dict[str, Any] = field(default_factory=dict)
+    hp: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        identity = {
+            "method": self.method,
+            "dataset": self.dataset,
+            "seed": self.seed,
+            "settings": {k: v for k, v in self.settings.items() if k not in NOT_IN_RUN_ID},
+            "hp": self.hp,
+        }
+        blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "run_id": self.run_id}
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """`["lr=0.01", "schedule=[[\\"audio\\", 5]]", "fusion=sum"]` -> dict; values are
+    JSON where they parse as JSON, plain strings otherwise."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects key=value, got {pair!r} (e.g. --set lr=0.01)")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def _check_value(key: str, default: Any, value: Any) -> None:
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+        want = "true or false"
+    elif isinstance(default, int | float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        want = "a number"
+    else:
+        return
+    if not ok:
+        raise UserError(
+            f"{key} expects {want}, got {value!r} (e.g. --set {key}={json.dumps(default)})"
+        )
+
+
+def _check_settings(settings: Mapping[str, Any]) -> None:
+    choices = {**CHOICES, "encoder": list_encoders(), "fusion": list_fusions()}
+    for key, allowed in choices.items():
+        if settings[key] not in allowed:
+            raise UserError(f"unknown {key} {settings[key]!r}; choose one of {', '.join(allowed)}")
+    device = str(settings["device"])
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise UserError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N")
+    for key in ("epochs", "batch_size", "eval_batch_size", "frames", "crop_size"):
+        if not isinstance(settings[key], int) or settings[key] < 1:
+            raise UserError(f"{key} must be a positive integer, got {settings[key]!r}")
+
+
+def resolve(
+    method: str,
+    dataset: str,
+    dataset_path: str,
+    dataset_defaults: Mapping[str, Any],
+    seed: int,
+    overrides: Mapping[str, Any],
+) -> RunConfig:
+    """The resolved config of one run; raises UserError/MethodConfigError on bad input."""
+    cls = get_method_class(method)
+    unknown = set(dataset_defaults) - set(RUN_DEFAULTS)
+    if unknown:  # a dataset module's mistake, not the user's
+        raise RuntimeError(f"dataset {dataset} sets unknown run settings {sorted(unknown)}")
+    settings = {**RUN_DEFAULTS, **dataset_defaults}
+    protocol = overrides.get("protocol", settings["protocol"])
+    if protocol == "paper":
+        settings.update(cls.paper_settings)
+    hp = {**cls.defaults, **cls.presets.get(dataset, {})}
+    for key, value in overrides.items():
+        if key in settings:
+            _check_value(key, RUN_DEFAULTS[key], value)
+            settings[key] = value
+        elif key in hp:
+            _check_value(key, cls.defaults[key], value)
+            hp[key] = value
+        else:
+            raise UserError(
+                f"unknown key {key!r} for method {method!r}; run settings: "
+                f"{', '.join(sorted(RUN_DEFAULTS))}; {method} hyper-parameters: "
+                f"{', '.join(sorted(cls.defaults)) or 'none'}"
+            )
+    _check_settings(settings)
+    return RunConfig(method, dataset, dataset_path, int(seed), settings, hp)

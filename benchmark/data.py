@@ -1,0 +1,132 @@
+"""Where the engine gets data: dataset references -> prepared directories -> loaders.
+
+`--dataset` takes a registered name (looked up under the data root, generated datasets
+prepared on first use) or the path of any prepared directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from datasets import DatasetError, PreparedDataset, get_dataset_spec, list_datasets
+from datasets.loader import Loader, make_augment, stratified_subset
+
+DEFAULT_DATA_ROOT = "data"
+
+
+def data_root(arg: str | None = None) -> Path:
+    return Path(arg or os.environ.get("BENCH_DATA_ROOT") or DEFAULT_DATA_ROOT)
+
+
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """An exclusive lock file, so that parallel runs prepare a dataset once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def prepare_dataset(
+    name: str,
+    root: Path,
+    raw: Path | None = None,
+    options: Mapping[str, Any] | None = None,
+    out_dir: Path | None = None,
+) -> PreparedDataset:
+    """Run a registered dataset's `prepare` into `out_dir` (default <root>/<name>)."""
+    spec = get_dataset_spec(name)
+    unknown = set(options or {}) - set(spec.options)
+    if unknown:
+        raise DatasetError(
+            f"unknown option(s) {', '.join(sorted(unknown))} for dataset {name!r}; "
+            f"its options: {', '.join(sorted(spec.options)) or 'none'}"
+        )
+    if not spec.generated and raw is None:
+        raise DatasetError(f"dataset {name!r} is made from its release: give --raw DIR")
+    if raw is not None and not Path(raw).is_dir():
+        raise DatasetError(
+            f"raw directory {raw} does not exist; give the release's path with --raw"
+        )
+    out = Path(out_dir) if out_dir else root / name
+    with _lock(out.parent / f".{out.name}.lock"):
+        spec.prepare(out, Path(raw) if raw else None, dict(options or {}))
+    return PreparedDataset.open(out)
+
+
+def open_dataset(ref: str, root: Path) -> tuple[PreparedDataset, dict[str, Any]]:
+    """A prepared dataset and its run defaults, from a registered name or a directory."""
+    if ref in list_datasets():
+        spec = get_dataset_spec(ref)
+        path = root / ref
+        if not (path / "meta.json").is_file():
+            if not spec.generated:
+                raise DatasetError(
+                    f"dataset {ref!r} is not prepared under {root}: run "
+                    f"`make prepare DATASET={ref} RAW=/path/to/release` (or set BENCH_DATA_ROOT)"
+                )
+            with _lock(root / f".{ref}.lock"):
+                if not (path / "meta.json").is_file():
+                    spec.prepare(path, None, {})
+        return PreparedDataset.open(path), dict(spec.defaults)
+    path = Path(ref)
+    if not path.exists():
+        raise DatasetError(
+            f"unknown dataset {ref!r}: not a registered name ({', '.join(list_datasets())}) "
+            "and no such directory"
+        )
+    ds = PreparedDataset.open(path)
+    defaults = get_dataset_spec(ds.name).defaults if ds.name in list_datasets() else {}
+    return ds, dict(defaults)
+
+
+class RunData:
+    """The loaders of one run; also the `BatchSource` that method hooks read from."""
+
+    def __init__(
+        self, ds: PreparedDataset, settings: Mapping[str, Any], seed: int, device: torch.device
+    ) -> None:
+        self.ds, self.settings, self.seed, self.device = ds, dict(settings), seed, device
+        self.augment = make_augment(self.settings)
+        self._loaders: dict[tuple[str, float, bool], Loader] = {}
+        self.train = self.loader("train", train=True)
+
+    def loader(self, split: str, fraction: float = 1.0, train: bool = False) -> Loader:
+        key = (split, fraction, train)
+        if key not in self._loaders:
+            rows = self.ds.splits[split]
+            if fraction < 1.0:
+                rows = stratified_subset(self.ds.labels, rows, fraction, self.seed)
+            s = self.settings
+            self._loaders[key] = Loader(
+                self.ds,
+                rows,
+                s["batch_size"] if train else s["eval_batch_size"],
+                train=train,
+                augment=self.augment,
+                seed=self.seed,
+                frames=s["frames"],
+                workers=s["workers"],
+                device=self.device,
+                drop_last=train,
+            )
+        return self._loaders[key]
+
+    def batches(
+        self, split: str = "train", fraction: float = 1.0, augment: bool = False
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        return self.loader(split, fraction, augment).epoch(0)
+
+    def class_counts(self, split: str = "train") -> np.ndarray:
+        return np.bincount(self.ds.labels[self.ds.splits[split]], minlength=self.ds.num_classes)

@@ -1,0 +1,272 @@
+"""The one training loop: epochs of `Method.update`, evaluation every epoch, checkpoints.
+
+The engine joins a Method (from the methods registry) with batches (from the datasets
+loader); it never asks which method it runs. Per epoch it appends one line to
+metrics.jsonl (train scalars averaged on the device and read once, then val and test
+accuracy / macro-F1 / mAP for the fused head and each modality) and saves a checkpoint
+(model, optimisers, schedules, RNG states); a restarted run resumes after the last
+checkpointed epoch; summary.json, written last, holds the test metrics at the epoch
+with the best validation fused accuracy (validation only selects).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from benchmark import runstore
+from benchmark.config import RunConfig
+from benchmark.data import RunData, open_dataset
+from benchmark.metrics import classification_metrics
+from methods import RunContext, StepInfo, create_encoder, create_method
+
+SELECT_KEY = "val/fused/acc"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def environment() -> dict[str, Any]:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    import torchvision
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "git_commit": commit or None,
+        "host": platform.node(),
+    }
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; nothing on the CPU (runs there stay float32 and exact)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(
+    method: torch.nn.Module, data: RunData, split: str, device: torch.device
+) -> dict[str, float]:
+    """Accuracy, macro-F1 and mAP of every head of `method.predict` on one split."""
+    method.eval()
+    scores: dict[str, list[torch.Tensor]] = {}
+    labels = []
+    for batch in data.loader(split).epoch(0):
+        with autocast(device):
+            out = method.predict(batch)
+        for head, logits in out.items():
+            scores.setdefault(head, []).append(logits.float())
+        labels.append(batch["label"])
+    y = torch.cat(labels).cpu().numpy()
+    row = {}
+    for head, parts in scores.items():
+        for name, value in classification_metrics(torch.cat(parts).cpu().numpy(), y).items():
+            row[f"{split}/{head}/{name}"] = value
+    return row
+
+
+def summarise(cfg: RunConfig, rows: list[dict[str, Any]], heads: list[str]) -> dict[str, Any]:
+    """The record a table reads: test (and val) metrics at the best-val epoch and the last."""
+    best = max(rows, key=lambda r: (r[SELECT_KEY], -r["epoch"]))
+    last = rows[-1]
+    summary: dict[str, Any] = {
+        "method": cfg.method,
+        "dataset": cfg.dataset,
+        "seed": cfg.seed,
+        "run_id": cfg.run_id,
+        "status": "done",
+        "selection": SELECT_KEY,
+        "best_epoch": best["epoch"],
+        "epochs": len(rows),
+        "heads": heads,
+    }
+    for split in ("val", "test"):
+        for head in heads:
+            for metric in ("acc", "f1", "map"):
+                key = f"{split}/{head}/{metric}"
+                summary[key] = best[key]
+                summary[f"last/{key}"] = last[key]
+    return summary
+
+
+def train_run(
+    cfg: RunConfig,
+    results: Path,
+    data_root: Path,
+    progress: bool | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    extra_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train (or resume, or skip when finished) one run; return its summary."""
+    directory = runstore.run_dir(results, cfg)
+    summary = runstore.load_summary(directory)
+    if summary is not None:
+        return summary
+    show = sys.stderr.isatty() if progress is None else progress
+
+    ds, _ = open_dataset(cfg.dataset_path, data_root)
+    device = resolve_device(cfg.settings["device"])
+    seed_everything(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    data = RunData(ds, cfg.settings, cfg.seed, device)
+    ctx = RunContext(
+        device=device,
+        epochs=cfg.settings["epochs"],
+        steps_per_epoch=len(data.train),
+        modalities={m: spec.kind for m, spec in ds.modalities.items()},
+        settings=cfg.settings,
+        seed=cfg.seed,
+    )
+    with torch.device(device):
+        encoders = {
+            m: create_encoder(cfg.settings["encoder"], spec.kind, spec.shape)
+            for m, spec in ds.modalities.items()
+        }
+        method = create_method(cfg.method, encoders, ds.num_classes, cfg.hp, ctx)
+    if device.type == "cuda":
+        method = method.to(memory_format=torch.channels_last)
+    heads = ["fused", *ds.modalities]
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    start = 0
+    checkpoint = runstore.load_checkpoint(directory)
+    if checkpoint is not None:
+        method.load_training_state(checkpoint["method"])
+        set_rng_state(checkpoint["rng"])
+        start = checkpoint["epoch"] + 1
+        rows = [r for r in runstore.read_metrics(directory) if r["epoch"] < start]
+    else:
+        config = {
+            **cfg.to_json(),
+            "dataset_meta": {"classes": ds.classes, "splits": ds.meta["splits"]},
+            "device": str(device),
+            "environment": environment(),
+            **(extra_config or {}),
+        }
+        runstore.write_json(directory / runstore.CONFIG, config)
+
+    epochs = cfg.settings["epochs"]
+    bar = tqdm(
+        total=epochs,
+        initial=start,
+        desc=f"{cfg.method}/{cfg.dataset}/s{cfg.seed}",
+        unit="epoch",
+        disable=not show,
+        dynamic_ncols=True,
+    )
+    step = start * len(data.train)
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        method.train()
+        method.on_epoch_start(epoch, data)
+        sums: dict[str, torch.Tensor] = {}
+        batches = tqdm(
+            data.train.epoch(epoch),
+            total=len(data.train),
+            leave=False,
+            desc=f"epoch {epoch}",
+            unit="batch",
+            disable=not show,
+            dynamic_ncols=True,
+        )
+        for number, batch in enumerate(batches):
+            with autocast(device):
+                logs = method.update(batch, StepInfo(epoch=epoch, step=step, batch=number))
+            for key, value in logs.items():
+                value = value.detach().float()
+                sums[key] = sums[key] + value if key in sums else value
+            step += 1
+        lr = method.lr
+        diagnostics = method.on_epoch_end(epoch, data)
+        seconds = time.perf_counter() - t0
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "lr": lr,
+            "seconds": seconds,
+            "samples_per_s": len(data.train) * cfg.settings["batch_size"] / max(seconds, 1e-9),
+        }
+        row.update({f"train/{k}": float(v.cpu()) / len(data.train) for k, v in sums.items()})
+        row.update({f"train/{k}": float(v) for k, v in diagnostics.items()})
+        for split in ("val", "test"):
+            row.update(evaluate(method, data, split, device))
+        rows.append(row)
+        runstore.write_metrics(directory, rows)
+        runstore.save_checkpoint(
+            directory, {"epoch": epoch, "method": method.training_state(), "rng": rng_state()}
+        )
+        bar.update(1)
+        message = (
+            f"epoch {epoch + 1}/{epochs} loss {row.get('train/loss', float('nan')):.3f} val acc "
+            + " ".join(f"{h} {row[f'val/{h}/acc']:.3f}" for h in heads)
+            + f" ({seconds:.1f} s)"
+        )
+        if show:
+            bar.set_postfix_str(f"val fused {row['val/fused/acc']:.3f}")
+        else:
+            print(
+                f"[{cfg.method}/{cfg.dataset}/seed {cfg.seed}] {message}",
+                file=sys.stderr,
+                flush=True,
+            )
+        if on_epoch is not None:
+            on_epoch(row)
+    bar.close()
+    summary = summarise(cfg, rows, heads)
+    runstore.write_json(directory / runstore.SUMMARY, summary)
+    return summary

@@ -1,0 +1,269 @@
+"""The prepared on-disk format (DESIGN.md, "Prepared dataset format"): writer, reader, checks.
+
+A prepared directory holds ``meta.json``, ``labels.npy``, ``ids.txt``,
+``split_{train,val,test}.npy`` and one ``<modality>.npy`` per modality (opened
+memory-mapped). ``meta.json`` is written last: a directory without it is unfinished.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datasets.registry import DatasetError
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+# Per-sample rank and dtypes the loader understands, per modality kind.
+KIND_RANK = {"audio": 3, "visual": 4}
+ALLOWED_DTYPES = {"audio": ("float16", "float32"), "visual": ("uint8",)}
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    kind: str  # "audio" | "visual"
+    shape: tuple[int, ...]  # per-sample shape: audio [C, F, T], visual [K, H, W, 3]
+    dtype: str  # "float16" | "uint8"
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "preprocessing": self.preprocessing,
+        }
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def check_spec(name: str, spec: ModalitySpec) -> None:
+    if spec.kind not in KIND_RANK:
+        raise DatasetError(
+            f"modality {name!r} has kind {spec.kind!r}; kinds the loader reads: "
+            f"{', '.join(KIND_RANK)}"
+        )
+    if len(spec.shape) != KIND_RANK[spec.kind]:
+        want = "[C, F, T]" if spec.kind == "audio" else "[K, H, W, 3]"
+        raise DatasetError(
+            f"modality {name!r} ({spec.kind}) has per-sample shape {list(spec.shape)}; "
+            f"expected {want}"
+        )
+    if spec.kind == "visual" and spec.shape[-1] != 3:
+        raise DatasetError(
+            f"visual modality {name!r} must be [K, H, W, 3] RGB, got {list(spec.shape)}"
+        )
+    if spec.dtype not in ALLOWED_DTYPES[spec.kind]:
+        raise DatasetError(
+            f"modality {name!r} ({spec.kind}) has dtype {spec.dtype}; expected "
+            f"{' or '.join(ALLOWED_DTYPES[spec.kind])}"
+        )
+
+
+class PreparedWriter:
+    """Fills a prepared directory row by row (memory-mapped), then `finish` writes the
+    labels, ids, splits and, last, meta.json after validating everything."""
+
+    def __init__(
+        self,
+        out_dir: Path | str,
+        name: str,
+        classes: Sequence[str],
+        modalities: Mapping[str, ModalitySpec],
+        num_samples: int,
+        source: str,
+        resume: bool = False,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "meta.json").unlink(missing_ok=True)
+        self.name, self.classes, self.source = name, list(classes), source
+        self.modalities = dict(modalities)
+        self.num_samples = num_samples
+        self.arrays: dict[str, np.memmap] = {}
+        for m, spec in self.modalities.items():
+            check_spec(m, spec)
+            path = self.out_dir / f"{m}.npy"
+            shape = (num_samples, *spec.shape)
+            if resume and path.exists():
+                arr = np.load(path, mmap_mode="r+")
+                if arr.shape == shape and arr.dtype == np.dtype(spec.dtype):
+                    self.arrays[m] = arr
+                    continue
+            self.arrays[m] = np.lib.format.open_memmap(
+                path, mode="w+", dtype=spec.dtype, shape=shape
+            )
+
+    def write(self, modality: str, rows: np.ndarray | slice | int, values: np.ndarray) -> None:
+        self.arrays[modality][rows] = values
+
+    def finish(
+        self,
+        labels: np.ndarray,
+        ids: Sequence[str],
+        splits: Mapping[str, np.ndarray],
+        extra: Mapping[str, Any] | None = None,
+    ) -> PreparedDataset:
+        for arr in self.arrays.values():
+            arr.flush()
+        atomic_save_npy(self.out_dir / "labels.npy", np.asarray(labels, dtype=np.int64))
+        atomic_write_text(self.out_dir / "ids.txt", "".join(f"{i}\n" for i in ids))
+        for split in SPLITS:
+            atomic_save_npy(
+                self.out_dir / f"split_{split}.npy", np.asarray(splits[split], dtype=np.int64)
+            )
+        meta = {
+            "name": self.name,
+            "version": FORMAT_VERSION,
+            "classes": self.classes,
+            "modalities": {m: s.to_json() for m, s in self.modalities.items()},
+            "splits": {s: int(len(splits[s])) for s in SPLITS},
+            "source": self.source,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            **dict(extra or {}),
+        }
+        self.arrays.clear()
+        validate(self.out_dir, meta, check_values=True)
+        atomic_write_text(self.out_dir / "meta.json", json.dumps(meta, indent=1) + "\n")
+        return PreparedDataset.open(self.out_dir)
+
+
+def write_prepared(
+    out_dir: Path | str,
+    name: str,
+    classes: Sequence[str],
+    arrays: Mapping[str, tuple[ModalitySpec, np.ndarray]],
+    labels: np.ndarray,
+    ids: Sequence[str],
+    splits: Mapping[str, np.ndarray],
+    source: str,
+    extra: Mapping[str, Any] | None = None,
+) -> PreparedDataset:
+    """Write a whole in-memory dataset in the prepared format."""
+    writer = PreparedWriter(
+        out_dir, name, classes, {m: s for m, (s, _) in arrays.items()}, len(labels), source
+    )
+    for m, (_, values) in arrays.items():
+        writer.write(m, slice(None), values)
+    return writer.finish(labels, ids, splits, extra)
+
+
+def _fail(root: Path, problem: str) -> DatasetError:
+    return DatasetError(f"prepared dataset {root}: {problem}")
+
+
+def validate(root: Path, meta: Mapping[str, Any], check_values: bool = False) -> None:
+    """Check the arrays against meta.json; raise DatasetError naming the first problem."""
+    for key in ("name", "classes", "modalities", "splits"):
+        if key not in meta:
+            raise _fail(root, f"meta.json has no {key!r} key; re-run prepare")
+    for f in ["labels.npy", "ids.txt", *(f"split_{s}.npy" for s in SPLITS)]:
+        if not (root / f).is_file():
+            raise _fail(root, f"{f} is missing; re-run prepare or add the file")
+    labels = np.load(root / "labels.npy", mmap_mode="r")
+    if labels.ndim != 1 or labels.dtype != np.int64:
+        raise _fail(root, f"labels.npy must be int64 [N], got {labels.dtype} {list(labels.shape)}")
+    n = len(labels)
+    num_classes = len(meta["classes"])
+    if n and (labels.min() < 0 or labels.max() >= num_classes):
+        raise _fail(root, f"labels.npy has labels outside 0..{num_classes - 1} (meta.json classes)")
+    with open(root / "ids.txt") as fh:
+        n_ids = sum(1 for _ in fh)
+    if n_ids != n:
+        raise _fail(root, f"ids.txt has {n_ids} lines, labels.npy has {n} rows")
+    for split in SPLITS:
+        idx = np.load(root / f"split_{split}.npy", mmap_mode="r")
+        if idx.ndim != 1 or idx.dtype != np.int64:
+            raise _fail(root, f"split_{split}.npy must be int64 [n], got {idx.dtype}")
+        if len(idx) and (idx.min() < 0 or idx.max() >= n):
+            raise _fail(root, f"split_{split}.npy has row indices outside 0..{n - 1}")
+        if meta["splits"].get(split) != len(idx):
+            raise _fail(
+                root,
+                f"meta.json says {meta['splits'].get(split)} {split} rows, "
+                f"split_{split}.npy has {len(idx)}",
+            )
+    if not meta["modalities"]:
+        raise _fail(root, "meta.json lists no modality")
+    for m, info in meta["modalities"].items():
+        try:
+            spec = ModalitySpec(info["kind"], tuple(info["shape"]), info["dtype"])
+        except (KeyError, TypeError):
+            raise _fail(root, f"meta.json modality {m!r} needs kind, shape and dtype") from None
+        try:
+            check_spec(m, spec)
+        except DatasetError as exc:
+            raise _fail(root, str(exc)) from None
+        path = root / f"{m}.npy"
+        if not path.is_file():
+            raise _fail(root, f"{m}.npy is missing (meta.json lists modality {m!r})")
+        arr = np.load(path, mmap_mode="r")
+        if arr.shape != (n, *spec.shape):
+            raise _fail(
+                root,
+                f"{m}.npy has shape {list(arr.shape)}, meta.json and labels.npy say "
+                f"{[n, *spec.shape]}; re-run prepare",
+            )
+        if arr.dtype != np.dtype(spec.dtype):
+            raise _fail(root, f"{m}.npy has dtype {arr.dtype}, meta.json says {spec.dtype}")
+        if check_values and arr.dtype.kind == "f":
+            for start in range(0, n, 4096):
+                if not np.isfinite(arr[start : start + 4096]).all():
+                    raise _fail(root, f"{m}.npy has non-finite values near row {start}")
+
+
+class PreparedDataset:
+    """A validated prepared directory, arrays opened memory-mapped."""
+
+    def __init__(self, root: Path, meta: dict[str, Any]) -> None:
+        self.root = root
+        self.meta = meta
+        self.name: str = meta["name"]
+        self.classes: list[str] = list(meta["classes"])
+        self.modalities: dict[str, ModalitySpec] = {
+            m: ModalitySpec(i["kind"], tuple(i["shape"]), i["dtype"], i.get("preprocessing", {}))
+            for m, i in meta["modalities"].items()
+        }
+        self.labels = np.load(root / "labels.npy")
+        self.arrays = {m: np.load(root / f"{m}.npy", mmap_mode="r") for m in self.modalities}
+        self.splits = {s: np.load(root / f"split_{s}.npy") for s in SPLITS}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def ids(self) -> list[str]:
+        return (self.root / "ids.txt").read_text().splitlines()
+
+    @classmethod
+    def open(cls, root: Path | str) -> PreparedDataset:
+        root = Path(root)
+        if not root.is_dir():
+            raise DatasetError(f"dataset directory {root} does not exist; run prepare first")
+        meta_path = root / "meta.json"
+        if not meta_path.is_file():
+            raise _fail(root, "meta.json is missing (unfinished prepare?); re-run prepare")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise _fail(root, f"meta.json is not valid JSON ({exc})") from None
+        validate(root, meta)
+        return cls(root, meta)
