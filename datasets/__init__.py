@@ -16,7 +16,7 @@ from datasets.registry import (
     register_dataset,
 )
 
-_DATASET_MODULES = ("synth", "avdigits")
+_DATASET_MODULES = ("synth", "avdigits", "cremad", "ks", "ave", "vggsound")
 
 for _module in _DATASET_MODULES:
     try:
