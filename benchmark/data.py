@@ -7,6 +7,7 @@ prepared on first use) or the path of any prepared directory.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ import torch
 
 from datasets import DatasetError, PreparedDataset, get_dataset_spec, list_datasets
 from datasets.loader import Loader, make_augment, stratified_subset
+from datasets.prepared import atomic_write_text as write_text
 
 DEFAULT_DATA_ROOT = "data"
 
@@ -62,6 +64,9 @@ def prepare_dataset(
     out = Path(out_dir) if out_dir else root / name
     with _lock(out.parent / f".{out.name}.lock"):
         spec.prepare(out, Path(raw) if raw else None, dict(options or {}))
+        ds = PreparedDataset.open(out)
+        if ds.meta.get("registered") != name:  # so that runs on it get the dataset's defaults
+            write_text(out / "meta.json", json.dumps({**ds.meta, "registered": name}, indent=1))
     return PreparedDataset.open(out)
 
 
@@ -87,7 +92,8 @@ def open_dataset(ref: str, root: Path) -> tuple[PreparedDataset, dict[str, Any]]
             "and no such directory"
         )
     ds = PreparedDataset.open(path)
-    defaults = get_dataset_spec(ds.name).defaults if ds.name in list_datasets() else {}
+    registered = ds.meta.get("registered", ds.name)  # set by prepare, e.g. with --out
+    defaults = get_dataset_spec(registered).defaults if registered in list_datasets() else {}
     return ds, dict(defaults)
 
 

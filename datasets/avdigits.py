@@ -37,9 +37,12 @@ Recipe (every parameter is recorded in meta.json):
 The default knobs make vision the dominant modality. Measured with a linear classifier
 (scikit-learn LogisticRegression on the flattened train arrays, scored on test; N=1797,
 seed 0): clean audio 0.97 / clean images 0.95; audio at 0 dB 0.84; defaults
-(audio_snr_db=-12, image_noise=64) audio 0.62, visual 0.93; audio at -15 dB 0.46.
-eSpeak NG's voices are clean and regular, so the audio is only the weaker modality
-under strong noise. ``audio_snr_db``, ``image_noise`` and ``occlusion`` move the
+(audio_snr_db=-6, image_noise=64) audio 0.75, visual 0.93; audio at -12 dB 0.62, at
+-15 dB 0.46. eSpeak NG's voices are clean and regular, so the audio is only the weaker
+modality under noise. At the defaults a small CNN trained jointly leaves audio near
+chance (its head ~0.2 on test) while vision carries the fused prediction: the imbalance
+the methods address, with enough signal in the audio (0.75 linear) for a method to win
+back. ``audio_snr_db``, ``image_noise`` and ``occlusion`` move the
 imbalance either way. Preparing the default dataset takes about 10 s on 2 cores
 (2,000 espeak-ng calls).
 """
@@ -88,7 +91,7 @@ PITCHES = (20, 35, 50, 65, 80)  # 0..99 (-p)
 SPLIT_FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
 
 OPTIONS: dict[str, Any] = {
-    "audio_snr_db": -12.0,  # additive white noise on the audio, dB SNR; None = clean
+    "audio_snr_db": -6.0,  # additive white noise on the audio, dB SNR; None = clean
     "image_noise": 64.0,  # std of additive Gaussian pixel noise, 0..255 units
     "occlusion": 0.0,  # side of a random occluding square, fraction of the image side
     "pairs_per_image": 1,  # utterances paired with each image; N = 1797 * pairs_per_image
