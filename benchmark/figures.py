@@ -1,0 +1,337 @@
+"""Figures of a report (PNG for the README, PDF for papers), drawn from report.py's frames.
+
+One style everywhere: seaborn's "paper" context on a white grid, 7 pt text, sized for
+a paper column (3.3 in wide), and one colour per method from seaborn's colour-blind-safe
+palette, fixed by the method's position in `report.canonical_methods()` (the papers'
+order, then the rest of the registry), so a method keeps its colour whatever subset of
+methods or datasets a report shows. Values are percentages; epochs are counted from 1.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from benchmark.report import (  # noqa: E402
+    METRIC_LABELS,
+    Results,
+    canonical_methods,
+    head_order,
+    method_order,
+)
+
+COLUMN_WIDTH = 3.3  # inches: one column of a two-column paper
+PALETTE = "colorblind"
+HEAD_HATCHES = ["", "///", "..", "xx", "\\\\\\"]
+SOURCE_MARKERS = ["o", "s", "^", "v", "P", "X", "D"]
+STYLE_RC = {
+    "font.size": 7,
+    "axes.titlesize": 7,
+    "axes.labelsize": 7,
+    "xtick.labelsize": 6,
+    "ytick.labelsize": 6,
+    "legend.fontsize": 6,
+    "legend.title_fontsize": 6,
+    "lines.linewidth": 1.0,
+    "patch.linewidth": 0.5,
+    "hatch.linewidth": 0.5,
+    "axes.linewidth": 0.6,
+    "grid.linewidth": 0.5,
+    "xtick.major.width": 0.6,
+    "ytick.major.width": 0.6,
+    "pdf.fonttype": 42,
+    "ps.fonttype": 42,
+    "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.02,
+}
+
+
+def apply_style() -> None:
+    """The seaborn theme every figure uses."""
+    sns.set_theme(context="paper", style="whitegrid", palette=PALETTE, rc=STYLE_RC)
+
+
+def method_colors(names: Iterable[str]) -> dict[str, tuple[float, float, float]]:
+    """A colour per method name: registered methods by their canonical position, other
+    names (variants, unregistered) after them; the palette repeats after 10."""
+    palette = sns.color_palette(PALETTE, 10)
+    canonical = canonical_methods()
+    extra = [n for n in method_order(names) if n not in canonical]
+    ranks = {n: i for i, n in enumerate([*canonical, *extra])}
+    return {n: palette[ranks[n] % len(palette)] for n in names}
+
+
+def safe_name(text: str) -> str:
+    """A dataset name as a file-name part."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "dataset"
+
+
+def save(fig: plt.Figure, directory: Path, stem: str) -> list[Path]:
+    """Write stem.png (300 dpi) and stem.pdf (vector), both without timestamps, so
+    regenerating unchanged results leaves the files unchanged."""
+    directory.mkdir(parents=True, exist_ok=True)
+    png, pdf = directory / f"{stem}.png", directory / f"{stem}.pdf"
+    fig.savefig(png, dpi=300, metadata={"Software": None})
+    fig.savefig(pdf, metadata={"CreationDate": None, "Creator": None})
+    plt.close(fig)
+    return [png, pdf]
+
+
+def _method_legend(fig: plt.Figure, methods: Sequence[str], colors: dict) -> None:
+    handles = [Patch(facecolor=colors[m], edgecolor="none", label=m) for m in methods]
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=min(len(methods), 5),
+        frameon=False,
+        handlelength=1.2,
+        columnspacing=1.0,
+    )
+
+
+def plot_unimodal_vs_multimodal(stats: pd.DataFrame, metric: str) -> plt.Figure:
+    """Grouped bars, one row of axes per dataset: methods on the x axis, the fused head
+    (solid) and each modality (hatched, lighter) with error bars = std over seeds."""
+    stats = stats[stats["metric"] == metric]
+    datasets = sorted(stats["dataset"].unique())
+    colors = method_colors(stats["method"].unique())
+    fig, axes = plt.subplots(
+        len(datasets), 1, figsize=(COLUMN_WIDTH, 1.7 * len(datasets) + 0.2), squeeze=False
+    )
+    all_heads: list[str] = []
+    for ax, dataset in zip(axes[:, 0], datasets, strict=True):
+        part = stats[stats["dataset"] == dataset]
+        methods = method_order(part["method"])
+        heads = head_order(part["head"])
+        all_heads += [h for h in heads if h not in all_heads]
+        width = 0.8 / len(heads)
+        for j, head in enumerate(heads):
+            rows = part[part["head"] == head].set_index("method").reindex(methods)
+            x = np.arange(len(methods)) - 0.4 + width * (j + 0.5)
+            ax.bar(
+                x,
+                rows["mean"],
+                width,
+                yerr=rows["std"].fillna(0),
+                color=[colors[m] for m in methods],
+                alpha=1.0 if head == "fused" else 0.55,
+                hatch=HEAD_HATCHES[all_heads.index(head) % len(HEAD_HATCHES)],
+                edgecolor="0.2",
+                linewidth=0.4,
+                error_kw={"elinewidth": 0.6, "capsize": 1.5, "ecolor": "0.15"},
+            )
+        ax.set_xticks(np.arange(len(methods)), methods)
+        ax.set_ylabel(f"test {METRIC_LABELS[metric]} (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(dataset)
+        ax.grid(axis="x", visible=False)
+    handles = [
+        Patch(
+            facecolor="0.75" if h != "fused" else "0.45",
+            edgecolor="0.2",
+            hatch=HEAD_HATCHES[i % len(HEAD_HATCHES)],
+            label=h,
+        )
+        for i, h in enumerate(all_heads)
+    ]
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=len(handles),
+        frameon=False,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def _lines(ax: plt.Axes, frame: pd.DataFrame, y: str, methods: Sequence[str], colors: dict) -> None:
+    """Mean over seeds per method and epoch, with a +- std band."""
+    sns.lineplot(
+        data=frame.assign(epoch=frame["epoch"] + 1),
+        x="epoch",
+        y=y,
+        hue="method",
+        hue_order=methods,
+        palette=colors,
+        errorbar="sd",
+        err_kws={"alpha": 0.15, "linewidth": 0},
+        marker="o",
+        markersize=2.5,
+        markeredgewidth=0,
+        ax=ax,
+        legend=False,
+    )
+    ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+
+
+def plot_forgetting(curves: pd.DataFrame, dataset: str, metric: str) -> plt.Figure:
+    """Per modality (columns): test accuracy over epochs for every method (top) and its
+    forgetting, running max - current (bottom); mean over seeds with a +- std band."""
+    part = curves[curves["dataset"] == dataset].assign(
+        value=lambda f: 100 * f["value"], forgetting=lambda f: 100 * f["forgetting"]
+    )
+    modalities = head_order(part["head"])
+    methods = method_order(part["method"])
+    colors = method_colors(methods)
+    fig, axes = plt.subplots(
+        2,
+        len(modalities),
+        figsize=(COLUMN_WIDTH, 2.6),
+        sharex=True,
+        sharey="row",
+        squeeze=False,
+    )
+    for j, modality in enumerate(modalities):
+        rows = part[part["head"] == modality]
+        _lines(axes[0, j], rows, "value", methods, colors)
+        _lines(axes[1, j], rows, "forgetting", methods, colors)
+        axes[0, j].set_title(modality)
+    axes[0, 0].set_ylabel(f"test {METRIC_LABELS[metric]} (%)")
+    axes[1, 0].set_ylabel("forgetting (pp)")
+    axes[1, 0].set_ylim(0, max(1.0, axes[1, 0].get_ylim()[1]))  # rows share y
+    _method_legend(fig, methods, colors)
+    fig.tight_layout()
+    return fig
+
+
+def plot_training(long: pd.DataFrame, dataset: str, metric: str) -> plt.Figure:
+    """Train loss (top) and validation fused accuracy (bottom) over epochs per method."""
+    part = long[long["dataset"] == dataset]
+    loss = part[(part["split"] == "train") & (part["metric"] == "loss")]
+    val = part[(part["split"] == "val") & (part["head"] == "fused") & (part["metric"] == metric)]
+    val = val.assign(value=100 * val["value"])
+    methods = method_order(part["method"])
+    colors = method_colors(methods)
+    fig, axes = plt.subplots(2, 1, figsize=(COLUMN_WIDTH, 2.6), sharex=True)
+    _lines(axes[0], loss, "value", methods, colors)
+    _lines(axes[1], val, "value", methods, colors)
+    axes[0].set_ylabel("train loss")
+    axes[1].set_ylabel(f"val fused {METRIC_LABELS[metric]} (%)")
+    if loss.empty:
+        axes[0].text(0.5, 0.5, "no train/loss logged", ha="center", transform=axes[0].transAxes)
+    _method_legend(fig, methods, colors)
+    fig.tight_layout()
+    return fig
+
+
+def plot_paper_vs_ours(comparison: pd.DataFrame, metric: str) -> plt.Figure:
+    """Per dataset with published numbers: fused test accuracy per method, one marker per
+    published source (hollow) and ours (filled diamond, error bar = std over seeds)."""
+    rows = comparison[(comparison["head"] == "fused") & (comparison["metric"] == metric)]
+    datasets = sorted(rows["dataset"].unique())
+    if not datasets:
+        fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no published numbers for these datasets and methods", ha="center")
+        return fig
+    sources = sorted((rows["paper"] + " " + rows["table"]).str.strip().unique())
+    markers = {s: SOURCE_MARKERS[i % len(SOURCE_MARKERS)] for i, s in enumerate(sources)}
+    heights = [0.35 + 0.22 * rows.loc[rows["dataset"] == d, "method"].nunique() for d in datasets]
+    fig, axes = plt.subplots(
+        len(datasets),
+        1,
+        figsize=(COLUMN_WIDTH, sum(heights) + 0.5),
+        squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+        sharex=True,
+    )
+    for ax, dataset in zip(axes[:, 0], datasets, strict=True):
+        part = rows[rows["dataset"] == dataset]
+        methods = method_order(part["method"])
+        colors = method_colors(methods)
+        y = {m: i for i, m in enumerate(methods)}
+        offsets = np.linspace(-0.25, 0.25, len(sources) + 1)
+        for r in part.itertuples(index=False):
+            source = f"{r.paper} {r.table}".strip()
+            ax.plot(
+                r.published,
+                y[r.method] + offsets[sources.index(source)],
+                linestyle="none",
+                marker=markers[source],
+                markersize=4,
+                markerfacecolor="white",
+                markeredgecolor=colors[r.method],
+                markeredgewidth=1.0,
+            )
+        ours = part.drop_duplicates("method").dropna(subset=["ours"])
+        for r in ours.itertuples(index=False):
+            ax.errorbar(
+                r.ours,
+                y[r.method] + offsets[-1],
+                xerr=0 if np.isnan(r.ours_std) else r.ours_std,
+                marker="D",
+                markersize=4,
+                color=colors[r.method],
+                markeredgecolor="0.1",
+                markeredgewidth=0.5,
+                elinewidth=0.8,
+                capsize=1.5,
+            )
+        ax.set_yticks(range(len(methods)), methods)
+        ax.set_ylim(len(methods) - 0.5, -0.5)
+        title = dataset if not ours.empty else f"{dataset} (no runs of ours)"
+        ax.set_title(title)
+    axes[-1, 0].set_xlabel(f"test fused {METRIC_LABELS[metric]} (%)")
+    handles = [
+        plt.Line2D(
+            [],
+            [],
+            linestyle="none",
+            marker=markers[s],
+            markerfacecolor="white",
+            markeredgecolor="0.3",
+            label=s,
+        )
+        for s in sources
+    ]
+    handles.append(
+        plt.Line2D(
+            [], [], linestyle="none", marker="D", color="0.4", markeredgecolor="0.1", label="ours"
+        )
+    )
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=2,
+        frameon=False,
+        columnspacing=0.8,
+        handletextpad=0.2,
+        fontsize=5.5,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def write_figures(
+    results: Results, frames: dict[str, Any], out: Path, metric: str = "acc"
+) -> list[Path]:
+    """Every figure of the report under `out`; returns the files written."""
+    apply_style()
+    written = save(
+        plot_unimodal_vs_multimodal(frames["stats"], metric), out, "unimodal_vs_multimodal"
+    )
+    for dataset in sorted(results.runs["dataset"].unique()):
+        name = safe_name(dataset)
+        if not frames["curves"][frames["curves"]["dataset"] == dataset].empty:
+            written += save(
+                plot_forgetting(frames["curves"], dataset, metric), out, f"forgetting_{name}"
+            )
+        written += save(plot_training(results.long, dataset, metric), out, f"training_{name}")
+    written += save(plot_paper_vs_ours(frames["comparison"], metric), out, "paper_vs_ours")
+    return written
