@@ -49,7 +49,17 @@ def launch(
     data_root: Path,
     profile: str | None = None,
     wait: bool = False,
-) -> list[dict[str, Any]] | None:
+) -> list[dict[str, Any] | None] | None:
+    """Run the grid with `launcher`; the summaries (None for a run that did not finish),
+    or None when the launcher returns before the runs end (slurm without `wait`)."""
     if launcher == "inline":
         return run_inline(configs, results, data_root)
-    raise UserError(f"launcher {launcher!r} is not available yet; use --launcher inline")
+    if launcher == "local":
+        from benchmark.submitit_launch import launch_local
+
+        return launch_local(configs, results, data_root, profile)
+    if launcher == "slurm":
+        from benchmark.submitit_launch import launch_slurm
+
+        return launch_slurm(configs, results, data_root, profile, wait)
+    raise UserError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
