@@ -38,11 +38,13 @@ RUN_DEFAULTS: dict[str, Any] = {
     "crop_size": 224,  # RandomResizedCrop output size (train) / Resize (eval)
     "crop_scale": [0.08, 1.0],  # RandomResizedCrop area range
     "hflip": True,  # random horizontal flip in training
-    "workers": 0,  # loader worker processes (does not change results)
+    "workers": "auto",  # loader worker processes, or auto: 0 on CPU, up to 8 on CUDA
+    # (does not change results)
+    "compile": False,  # torch.compile the encoders (speed only; float rounding may differ)
     "device": "auto",  # auto | cpu | cuda | cuda:N (does not change the run id)
 }
 # Settings that do not change what a run computes: left out of the run id.
-NOT_IN_RUN_ID = frozenset({"workers", "device", "eval_batch_size"})
+NOT_IN_RUN_ID = frozenset({"workers", "device", "eval_batch_size", "compile"})
 CHOICES: dict[str, Sequence[str]] = {
     "protocol": ("benchmark", "paper"),
     "optimizer": OPTIMIZERS,
@@ -115,6 +117,13 @@ def _check_settings(settings: Mapping[str, Any]) -> None:
     device = str(settings["device"])
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise UserError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N")
+    workers = settings["workers"]
+    if workers != "auto" and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 0
+    ):
+        raise UserError(
+            f"workers must be auto or a number >= 0, got {workers!r} (e.g. --set workers=8)"
+        )
     for key in ("epochs", "batch_size", "eval_batch_size", "frames", "crop_size"):
         if not isinstance(settings[key], int) or settings[key] < 1:
             raise UserError(f"{key} must be a positive integer, got {settings[key]!r}")

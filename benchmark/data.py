@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from datasets import DatasetError, PreparedDataset, get_dataset_spec, list_datasets
-from datasets.loader import Loader, make_augment, stratified_subset
+from datasets.loader import Loader, make_augment, resolve_workers, stratified_subset
 from datasets.prepared import atomic_write_text as write_text
 
 DEFAULT_DATA_ROOT = "data"
@@ -123,7 +123,7 @@ class RunData:
                 augment=self.augment,
                 seed=self.seed,
                 frames=s["frames"],
-                workers=s["workers"],
+                workers=resolve_workers(s["workers"], self.device),
                 device=self.device,
                 drop_last=train,
             )

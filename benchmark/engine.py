@@ -29,7 +29,8 @@ from benchmark import runstore
 from benchmark.config import RunConfig
 from benchmark.data import RunData, open_dataset
 from benchmark.metrics import classification_metrics
-from methods import RunContext, StepInfo, create_encoder, create_method
+from datasets import PreparedDataset
+from methods import Method, RunContext, StepInfo, create_encoder, create_method
 
 SELECT_KEY = "val/fused/acc"
 
@@ -93,6 +94,42 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def configure_backends(device: torch.device) -> None:
+    """On CUDA: cuDNN autotuning (fixed input shapes) and TF32 for the float32 matmuls."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def build_method(
+    cfg: RunConfig, ds: PreparedDataset, device: torch.device, steps_per_epoch: int
+) -> Method:
+    """The run's method with fresh encoders, built on `device`: channels_last on CUDA, and
+    each encoder compiled in place (`nn.Module.compile`, state-dict keys unchanged) when
+    the run setting ``compile`` is on. Used by `train_run` and `benchmark speed`."""
+    ctx = RunContext(
+        device=device,
+        epochs=cfg.settings["epochs"],
+        steps_per_epoch=steps_per_epoch,
+        modalities={m: spec.kind for m, spec in ds.modalities.items()},
+        settings=cfg.settings,
+        seed=cfg.seed,
+    )
+    with torch.device(device):
+        encoders = {
+            m: create_encoder(cfg.settings["encoder"], spec.kind, spec.shape)
+            for m, spec in ds.modalities.items()
+        }
+        method = create_method(cfg.method, encoders, ds.num_classes, cfg.hp, ctx)
+    if device.type == "cuda":
+        method = method.to(memory_format=torch.channels_last)
+    if cfg.settings.get("compile", False):
+        for encoder in method.encoders.values():
+            encoder.compile()
+    return method
 
 
 @torch.no_grad()
@@ -159,27 +196,9 @@ def train_run(
     ds, _ = open_dataset(cfg.dataset_path, data_root)
     device = resolve_device(cfg.settings["device"])
     seed_everything(cfg.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    configure_backends(device)
     data = RunData(ds, cfg.settings, cfg.seed, device)
-    ctx = RunContext(
-        device=device,
-        epochs=cfg.settings["epochs"],
-        steps_per_epoch=len(data.train),
-        modalities={m: spec.kind for m, spec in ds.modalities.items()},
-        settings=cfg.settings,
-        seed=cfg.seed,
-    )
-    with torch.device(device):
-        encoders = {
-            m: create_encoder(cfg.settings["encoder"], spec.kind, spec.shape)
-            for m, spec in ds.modalities.items()
-        }
-        method = create_method(cfg.method, encoders, ds.num_classes, cfg.hp, ctx)
-    if device.type == "cuda":
-        method = method.to(memory_format=torch.channels_last)
+    method = build_method(cfg, ds, device, steps_per_epoch=len(data.train))
     heads = ["fused", *ds.modalities]
 
     directory.mkdir(parents=True, exist_ok=True)

@@ -53,11 +53,14 @@ def sample_crop_boxes(
         fh, fw = height, round(height * max(ratio))
     else:
         fw, fh = width, height
-    fallback = torch.tensor(
-        [(height - fh) // 2, (width - fw) // 2, fh, fw], dtype=h.dtype, device=h.device
-    )
-    boxes = torch.stack([top, left, h, w], dim=1)
-    return torch.where(ok.any(dim=1, keepdim=True), boxes, fallback)
+    # Python scalars as torch.where's other: no host-to-device copy (a copy would make the
+    # host wait for the device's queued work, stalling the pipeline once per batch).
+    fits = ok.any(dim=1)
+    fallback = ((height - fh) // 2, (width - fw) // 2, fh, fw)
+    columns = [
+        torch.where(fits, c, float(f)) for c, f in zip((top, left, h, w), fallback, strict=True)
+    ]
+    return torch.stack(columns, dim=1)
 
 
 def crop_resize(

@@ -51,6 +51,7 @@ StepLR(70, 0.1), batch 64, 100 epochs.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -109,19 +110,34 @@ def modulation_coefficients(
     return k_a, k_v
 
 
+@functools.lru_cache(maxsize=32)
+def _counts(sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """The tensors' element counts as a float32 tensor on `device`, copied there once."""
+    return torch.tensor(sizes, dtype=torch.float32, device=device)
+
+
 def modulate_(grads: list[torch.Tensor], k: torch.Tensor, ge: bool) -> None:
     """In place: g <- k g (step 5), plus N(0, (std(g) + 1e-8)^2) noise when `ge` (step 6).
 
-    sigma is the std of g before modulation, per tensor (a one-element tensor has no
-    spread: sigma = 1e-8). A loop over parameter tensors, never over samples.
+    sigma is the (unbiased) std of g before modulation, per tensor (a one-element tensor has
+    no spread: sigma = 1e-8). Batched over tensors: one fused norm for the sums of squares,
+    var = (sum g^2 - (sum g)^2 / n) / (n - 1), one randn for all the noise, a fused k g.
     """
-    for g in grads:
-        if ge:
-            sigma = (g.std() if g.numel() > 1 else g.new_zeros(())) + 1e-8
-            noise = torch.randn_like(g)
-            g.mul_(k).add_(noise.mul_(sigma))
-        else:
-            g.mul_(k)
+    if not grads:
+        return
+    if not ge:
+        torch._foreach_mul_(grads, k)
+        return
+    sizes = [g.numel() for g in grads]
+    n = _counts(tuple(sizes), grads[0].device)
+    sums = torch.stack([g.sum() for g in grads]).float()
+    squares = torch.stack(torch._foreach_norm(grads)).float().square()
+    var = (squares - sums.square() / n) / (n - 1).clamp_min(1)
+    sigma = var.clamp_min(0).sqrt() + 1e-8
+    noise = torch.randn(sum(sizes), dtype=grads[0].dtype, device=grads[0].device).split(sizes)
+    torch._foreach_mul_(grads, k)
+    for g, z, s in zip(grads, noise, sigma.to(grads[0].dtype).unbind(), strict=True):
+        g.addcmul_(z.view_as(g), s)  # g <- k g + sigma z
 
 
 @register_method("ogm_ge")

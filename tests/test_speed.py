@@ -1,0 +1,144 @@
+"""`benchmark speed` (table and JSON), the device-side crops against torchvision's, and the
+run settings the speed work added (workers=auto, compile)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import run_cli
+from scipy.stats import ks_2samp
+from torchvision.transforms import RandomResizedCrop
+
+from benchmark.cli import main
+from benchmark.config import resolve
+from benchmark.engine import build_method
+from benchmark.errors import UserError
+from datasets.augment import sample_crop_boxes
+from datasets.loader import resolve_workers
+
+
+def test_speed_prints_the_table_and_writes_the_json(tmp_path, synth, data_root):
+    out = tmp_path / "speed.json"
+    proc = run_cli(
+        "speed", "--dataset", "synth", "--methods", "ogm_ge", "--steps", "2", "--warmup", "1",
+        "--batch-size", "32", "--device", "cpu", "--json", str(out), "--data-root", str(data_root),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("speed on synth: device cpu, batch 32, 2 timed steps")
+    assert lines[1].startswith("loader alone: ")
+    assert lines[2].split() == ["method", "step/s", "ratio", "end-to-end/s", "ratio"] + [
+        "host", "sync", "in", "step"
+    ]  # fmt: skip
+    rows = [line.split() for line in lines[3:5]]
+    assert [r[0] for r in rows] == ["joint", "ogm_ge"]  # joint is added, first
+    assert rows[0][2] == "1.00" and rows[0][4] == "1.00"
+
+    record = json.loads(out.read_text())
+    assert set(record) == {"device", "batch_size", "loader_samples_per_s", "methods"}
+    assert record["device"] == "cpu" and record["batch_size"] == 32
+    assert isinstance(record["loader_samples_per_s"], float) and record["loader_samples_per_s"] > 0
+    assert list(record["methods"]) == ["joint", "ogm_ge"]
+    for m in record["methods"].values():
+        assert set(m) == {"update_samples_per_s", "end_to_end_samples_per_s", "step_ratio_to_joint"}
+        assert all(isinstance(v, float) and v > 0 for v in m.values())
+    assert record["methods"]["joint"]["step_ratio_to_joint"] == 1.0
+    og = record["methods"]["ogm_ge"]
+    ratio = record["methods"]["joint"]["update_samples_per_s"] / og["update_samples_per_s"]
+    assert og["step_ratio_to_joint"] == pytest.approx(ratio)
+
+
+def test_speed_rejects_an_unknown_method(data_root, capsys):
+    assert (
+        main(["speed", "--methods", "nope", "--device", "cpu", "--data-root", str(data_root)]) == 2
+    )
+    assert "unknown method(s) nope" in capsys.readouterr().err
+
+
+def _torchvision_boxes(n, height, width, scale, ratio, seed):
+    torch.manual_seed(seed)
+    image = torch.empty(3, height, width)
+    return np.array(
+        [RandomResizedCrop.get_params(image, list(scale), list(ratio)) for _ in range(n)],
+        dtype=np.float64,
+    )  # rows (top, left, h, w)
+
+
+@pytest.mark.parametrize(
+    "height, width, scale",
+    [(256, 341, (0.08, 1.0)), (224, 224, (0.08, 1.0)), (16, 16, (0.6, 1.0))],
+)
+def test_crop_boxes_match_torchvision_random_resized_crop(height, width, scale):
+    n, ratio = 4000, (3 / 4, 4 / 3)
+    ours = (
+        sample_crop_boxes(
+            n, height, width, scale, ratio, generator=torch.Generator().manual_seed(0)
+        )
+        .numpy()
+        .astype(np.float64)
+    )  # whole pixels, as torchvision's; same float width for ties
+    ref = _torchvision_boxes(n, height, width, scale, ratio, seed=1)
+    for boxes in (ours, ref):  # every box lies inside the image
+        top, left, h, w = boxes.T
+        assert (h >= 1).all() and (w >= 1).all()
+        assert (top >= 0).all() and (left >= 0).all()
+        assert (top + h <= height).all() and (left + w <= width).all()
+
+    def stats(boxes):
+        top, left, h, w = boxes.T
+        free_h, free_w = np.maximum(height - h, 1), np.maximum(width - w, 1)
+        return {
+            "area": h * w / (height * width),
+            "log_aspect": np.log(w / h),
+            "top": top / free_h,  # position within the free range, ~U[0, 1]
+            "left": left / free_w,
+        }
+
+    a, b = stats(ours), stats(ref)
+    for key in a:
+        ks = ks_2samp(a[key], b[key])
+        # Same distribution: with 4,000 draws each, 0.045 is the KS critical value at p ~ 0.01.
+        assert ks.statistic < 0.045, (key, ks)
+        assert abs(a[key].mean() - b[key].mean()) < 0.03 * max(1.0, abs(b[key].mean())), key
+        assert np.quantile(a[key], [0.1, 0.5, 0.9]) == pytest.approx(
+            np.quantile(b[key], [0.1, 0.5, 0.9]), abs=0.05
+        ), key
+    # Same ranges: area and aspect within scale and ratio, up to rounding h and w to pixels.
+    side = math.sqrt(scale[0] * height * width)  # the smallest crop's side
+    area_tol, aspect_tol = 2 * side / (height * width), 1 / side
+    for s in (a, b):
+        assert s["area"].min() >= scale[0] - area_tol and s["area"].max() <= scale[1]
+        assert s["log_aspect"].min() >= math.log(ratio[0]) - aspect_tol
+        assert s["log_aspect"].max() <= math.log(ratio[1]) + aspect_tol
+    for key in ("area", "log_aspect"):  # and both reach the ends of those ranges alike
+        assert a[key].min() == pytest.approx(b[key].min(), abs=0.02), key
+        assert a[key].max() == pytest.approx(b[key].max(), abs=0.02), key
+
+
+def test_crop_boxes_fall_back_to_torchvision_centre_crop():
+    # No attempt fits a 10 x 100 strip at scale >= 0.9: both use the same centre crop.
+    ours = sample_crop_boxes(50, 10, 100, (0.9, 1.0), generator=torch.Generator().manual_seed(0))
+    ref = _torchvision_boxes(50, 10, 100, (0.9, 1.0), (3 / 4, 4 / 3), seed=0)
+    assert (ours.numpy() == ref).all()
+    assert ref[0].tolist() == [0, 43, 10, 13]
+
+
+def test_workers_auto_and_compile_settings(synth, data_root):
+    assert resolve_workers("auto", "cpu") == 0
+    assert 1 <= resolve_workers("auto", torch.device("cuda")) <= 8
+    assert resolve_workers(3, "cpu") == 3
+    path = str(synth.root)
+    cfg = resolve("joint", "synth", path, {}, 0, {"compile": True})
+    eager = resolve("joint", "synth", path, {}, 0, {"workers": 2})
+    assert cfg.settings["workers"] == "auto"
+    assert cfg.run_id == eager.run_id  # neither compile nor workers change the run id
+    method = build_method(cfg, synth, torch.device("cpu"), steps_per_epoch=1)
+    plain = build_method(eager, synth, torch.device("cpu"), steps_per_epoch=1)
+    for m in method.modalities:  # compiled in place: same state-dict keys for checkpoints
+        assert method.encoders[m]._compiled_call_impl is not None
+        assert plain.encoders[m]._compiled_call_impl is None
+    assert list(method.state_dict()) == list(plain.state_dict())
+    with pytest.raises(UserError, match="workers must be auto or a number >= 0"):
+        resolve("joint", "synth", path, {}, 0, {"workers": -1})
