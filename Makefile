@@ -12,17 +12,19 @@ SEEDS ?= 0
 EPOCHS ?=
 LAUNCHER ?= inline
 PROFILE ?=
+WAIT ?=
 SET ?=
 RAW ?=
 WORKERS ?=
+RECIPE ?=
 
 DEBIAN_PACKAGES := espeak-ng ffmpeg sox munge slurmctld slurmd slurm-client slurmdbd mariadb-server
 
 BENCH_ARGS := --method $(METHOD) --dataset $(DATASET) --seeds $(SEEDS) --launcher $(LAUNCHER) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(PROFILE),--profile $(PROFILE)) \
-	$(if $(strip $(SET)),--set $(SET))
+	$(if $(strip $(SET)),--set $(SET)) $(if $(WAIT),--wait)
 
-.PHONY: install system-packages bench test lint bench-speed figures prepare sweep slurm-up slurm-down clean
+.PHONY: install system-packages bench test lint bench-speed gpu-check figures prepare sweep status slurm-up slurm-down clean
 
 install: system-packages $(STAMP)
 
@@ -51,7 +53,12 @@ bench: install
 
 sweep: install
 	$(PY) -m benchmark run --method joint ogm_ge pmr agm mie --dataset $(DATASET) --seeds 0 1 2 \
-		--launcher $(LAUNCHER) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(PROFILE),--profile $(PROFILE))
+		--launcher $(LAUNCHER) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(PROFILE),--profile $(PROFILE)) \
+		$(if $(WAIT),--wait)
+
+# Per submitted grid (LAUNCHER=slurm|local): runs done, running, pending, failed (with logs).
+status: install
+	$(PY) -m benchmark status
 
 test: install
 	$(PY) -m ruff check .
@@ -63,12 +70,20 @@ lint: install
 bench-speed: install
 	$(PY) -m pytest tests/benchmarks --benchmark-enable --benchmark-only -q
 
+# On a machine with one GPU (no network needed): fake full-size CREMA-D data, `speed` for
+# every method at batch 64; table and JSON in results/speed/ (docs/speed.md).
+gpu-check: install
+	PYTHON=$(PY) benchmark/gpu_check.sh
+
 figures: install
 	$(PY) -m benchmark report
 
 prepare: install
-	$(PY) -m benchmark prepare $(DATASET) $(if $(RAW),--raw $(RAW)) $(if $(WORKERS),--workers $(WORKERS))
+	$(PY) -m benchmark prepare $(DATASET) $(if $(RAW),--raw $(RAW)) $(if $(WORKERS),--workers $(WORKERS)) \
+		$(if $(RECIPE),--recipe $(RECIPE)) $(if $(strip $(SET)),--set $(SET))
 
+# A single-node Slurm cluster for trying --launcher slurm --profile local on this machine
+# (root; Debian packages from `make install`). Then: export SLURM_CONF=$$PWD/.slurm-test/slurm.conf
 slurm-up: install
 	slurm/testcluster/start.sh .slurm-test
 

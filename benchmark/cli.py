@@ -1,4 +1,4 @@
-"""Command line: list | prepare | run | report (DESIGN.md, "Command line")."""
+"""Command line: list | prepare | run | status | report (DESIGN.md, "Command line")."""
 
 from __future__ import annotations
 
@@ -89,9 +89,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         header = f"{'method':8s} {'dataset':10s} {'seed':>4s} {'best':>4s}"
         print(f"{header}  test accuracy at the best-val epoch")
         for cfg, s in zip(configs, summaries, strict=True):
+            if s is None:  # a submitted run that failed (reported above with its log)
+                print(f"{cfg.method:8s} {cfg.dataset:10s} {cfg.seed:4d} {'-':>4s}  not finished")
+                continue
             accs = "  ".join(f"{h} {100 * s[f'test/{h}/acc']:.2f}" for h in s["heads"])
             print(f"{cfg.method:8s} {cfg.dataset:10s} {cfg.seed:4d} {s['best_epoch']:4d}  {accs}")
         print(f"runs in {run_dir(results, configs[0]).parent.parent.parent}")
+        if any(s is None for s in summaries):
+            return 1
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from benchmark.runstore import results_root
+    from benchmark.submissions import SUBMISSIONS, dump_json, format_status, grid_statuses
+
+    results = results_root(args.results)
+    statuses = grid_statuses(results)
+    if args.json:
+        print(dump_json(statuses))
+    elif not statuses:
+        print(
+            f"no submissions under {results / SUBMISSIONS} "
+            "(grids run with --launcher slurm or --launcher local are listed here)"
+        )
+    else:
+        print(format_status(statuses, args.log_lines))
     return 0
 
 
@@ -100,6 +123,55 @@ def cmd_report(args: argparse.Namespace) -> int:
     from benchmark.runstore import results_root
 
     return report_main(results_root(args.results), args)
+
+
+def cmd_speed(args: argparse.Namespace) -> int:
+    from benchmark.config import parse_overrides
+    from benchmark.data import data_root
+    from benchmark.speed import format_table, measure, write_json
+    from methods import list_methods
+
+    overrides = parse_overrides(args.set or [])
+    for key in ("batch_size", "device", "workers"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    report = measure(
+        args.dataset,
+        data_root(args.data_root),
+        args.methods or list_methods(),
+        overrides,
+        steps=args.steps,
+        warmup=args.warmup,
+        progress=sys.stderr.isatty(),
+    )
+    print(format_table(report))
+    if args.json:
+        write_json(report, Path(args.json))
+        print(f"wrote {args.json}")
+    synced = [name for name, m in report.methods.items() if m.host_sync]
+    if synced:
+        print(f"host sync inside update: {', '.join(synced)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_speed_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "speed", help="samples/s of the loader, of each method's step and end to end"
+    )
+    p.add_argument("--dataset", default="synth", help="dataset name or prepared dir (synth)")
+    p.add_argument("--methods", nargs="+", metavar="M", help="methods to time (default: all)")
+    p.add_argument("--batch-size", type=int, help="override the dataset's batch size")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (20)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps before each (5)")
+    p.add_argument("--workers", type=int, help="loader worker processes (default auto)")
+    p.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
+    p.add_argument(
+        "--set", nargs="*", metavar="KEY=VALUE", help="run settings (encoder, crop_size, ...)"
+    )
+    p.add_argument("--data-root", help="prepared datasets (default ./data or $BENCH_DATA_ROOT)")
+    p.set_defaults(func=cmd_speed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,10 +220,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("report", help="tables (and figures) from results/")
-    p.add_argument("--results", help="results directory (default ./results)")
+    p = sub.add_parser(
+        "status", help="per submitted grid: runs done, running, pending, failed, missing"
+    )
+    p.add_argument("--results", help="results directory (default ./results or $BENCH_RESULTS)")
+    p.add_argument("--log-lines", type=int, default=6, help="log lines shown per failed run")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", help="tables and figures from results/ (make figures)")
+    p.add_argument("--results", help="results directory (default ./results or $BENCH_RESULTS)")
     p.add_argument("--out", help="where tables/ and figures/ go (default: the results directory)")
+    p.add_argument("--datasets", nargs="+", metavar="D", help="only these datasets")
+    p.add_argument("--methods", nargs="+", metavar="M", help="only these methods")
+    p.add_argument(
+        "--metric",
+        nargs="+",
+        choices=["acc", "f1", "map"],
+        help="table metrics (default acc f1 map); the first is shown per head, in the "
+        "forgetting table and in the figures",
+    )
+    p.add_argument(
+        "--select",
+        choices=["best_val", "last"],
+        default="best_val",
+        help="score each run at its best-val epoch (default) or its last epoch",
+    )
+    p.add_argument(
+        "--paper",
+        help="published numbers (*.csv; default <results>/paper, else the checkout's)",
+    )
+    p.add_argument("--no-figures", action="store_true", help="write the tables only")
     p.set_defaults(func=cmd_report)
+    add_speed_parser(sub)
     return parser
 
 
