@@ -18,7 +18,7 @@ from methods.registry import register_method
 
 @register_method("joint")
 class Joint(Method):
-    """Encoders -> fusion head (run setting ``fusion``) -> CE on the fused logits."""
+    """Joint training (baseline): encoders -> fusion head (``fusion``) -> CE on the fused logits."""
 
     defaults: dict[str, Any] = {}
 

@@ -238,7 +238,7 @@ def _previous_modality(schedule: Any, modalities: Sequence[str]) -> dict[str, st
 
 @register_method("mie")
 class MIE(Method):
-    """MIE / IGM (Jiang, Chi, Yang, IJCAI 2025); see the module docstring."""
+    """MIE / IGM (Jiang et al., IJCAI 2025): alternating unimodal SAM + flat grad modification."""
 
     defaults: dict[str, Any] = {
         "rho": 0.05,

@@ -142,7 +142,7 @@ def modulate_(grads: list[torch.Tensor], k: torch.Tensor, ge: bool) -> None:
 
 @register_method("ogm_ge")
 class OGMGE(Joint):
-    """Joint training whose encoder gradients are scaled by k^m after backward (see module)."""
+    """OGM-GE (Peng et al., CVPR 2022): on-the-fly gradient modulation + generalisation noise."""
 
     min_modalities = 2
     defaults: dict[str, Any] = {

@@ -142,7 +142,7 @@ def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 @register_method("pmr")
 class PMR(Joint):
-    """Joint training plus prototype-based CE terms that speed up the slower modality."""
+    """PMR (Fan et al., CVPR 2023): prototypical CE terms that speed up the slower modality."""
 
     min_modalities = 2
     defaults: dict[str, Any] = {
