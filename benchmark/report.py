@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark import runstore
+from benchmark.config import NOT_IN_RUN_ID
 from benchmark.errors import UserError
 from benchmark.metrics import forgetting
 
@@ -41,7 +42,6 @@ SELECTIONS = ("best_val", "last")
 # each method's colour in every figure, so adding a method never recolours these five.
 PAPER_ORDER = ("joint", "ogm_ge", "pmr", "agm", "mie")
 # Config keys that do not change what is being measured (not used to tell variants apart).
-NON_VARIANT_KEYS = {"workers", "device", "eval_batch_size"}
 PAPER_COLUMNS = [
     "paper",
     "table",
@@ -113,7 +113,7 @@ def tidy_metrics(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
 
 def _config_items(config: dict[str, Any]) -> dict[str, str]:
     items = {**config.get("settings", {}), **config.get("hp", {})}
-    return {k: json.dumps(v, sort_keys=True) for k, v in items.items() if k not in NON_VARIANT_KEYS}
+    return {k: json.dumps(v, sort_keys=True) for k, v in items.items() if k not in NOT_IN_RUN_ID}
 
 
 def variant_labels(runs: pd.DataFrame, configs: Sequence[dict[str, str]]) -> list[str]:
