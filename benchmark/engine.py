@@ -190,6 +190,11 @@ def train_run(
     directory = runstore.run_dir(results, cfg)
     summary = runstore.load_summary(directory)
     if summary is not None:
+        print(
+            f"{cfg.method}/{cfg.dataset}/seed {cfg.seed}: done already in {directory} "
+            "(summary.json); not retrained (use another --results to train it again)",
+            file=sys.stderr,
+        )
         return summary
     show = sys.stderr.isatty() if progress is None else progress
 

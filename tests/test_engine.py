@@ -45,6 +45,7 @@ def test_seeded_runs_are_identical_and_finished_runs_skipped(tmp_path, synth, da
     assert proc.returncode == 0
     assert summary.stat().st_mtime_ns == before  # skipped, not retrained
     assert "epoch" not in proc.stderr
+    assert "done already" in proc.stderr
 
 
 def test_killed_run_resumes_with_identical_metrics(tmp_path, synth, data_root):
