@@ -321,6 +321,7 @@ class MIE(Method):
                 ]
             self.diag_layers[j] = [a for a in range(min(len(wj), len(wk))) if wj[a] == wk[a]]
         self._inputs: list[torch.Tensor] = []  # head layer inputs of the last step-1 forward
+        self._saved: dict[str, list[torch.Tensor]] = {}  # theta^j kept during the SAM pass
 
     # -- prediction ------------------------------------------------------------------------
     def predict(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -375,11 +376,12 @@ class MIE(Method):
             perturbed = loss
         else:
             # (2) SAM: eps = rho g / ||g||_2 over all of theta^j.
-            g = self._grad(loss, params)
+            eps = self._grad(loss, params)  # g, turned into eps in place
             with torch.no_grad(), self._no_autocast():
-                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(g)))
-                eps = torch._foreach_mul(g, rho / (norm + _TINY))
-                original = [p.detach().clone() for p in params]
+                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(eps)))
+                torch._foreach_mul_(eps, rho / (norm + _TINY))
+                original = self._saved_parameters(j)
+                torch._foreach_copy_(original, params)
                 torch._foreach_add_(params, eps)
             encoder = self.encoders[j]
             saved = [b.detach().clone() for b in encoder.buffers()]  # BN running statistics
@@ -392,6 +394,12 @@ class MIE(Method):
         for p, g_sam in zip(params, grads, strict=True):
             p.grad = g_sam
         return loss, perturbed
+
+    def _saved_parameters(self, j: str) -> list[torch.Tensor]:
+        """Buffers that hold theta^j during the SAM pass, allocated once per modality."""
+        if j not in self._saved:
+            self._saved[j] = [torch.empty_like(p) for p in self.theta[j]]
+        return self._saved[j]
 
     def _gradients_official(self, j: str, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The official code's loss: mixup + per-tensor, never-removed perturbation."""
