@@ -6,9 +6,9 @@ Raw release (``--raw`` is the folder that holds these)::
     VideoFlash/<clip>.flv        480x360
     Image-01-FPS/<clip>/*.jpg    optional: frames already extracted at 1 fps
 
-Split: the OGM-GE lists (``test.csv`` 744 rows ``clip,EMO``, shipped in
-``datasets/splits/cremad/``); train is every other clip of the release (6,698 for the
-full release), or ``train.csv`` when the lists folder has one (``--set lists=DIR``).
+Split: the OGM-GE lists, shipped in ``datasets/splits/cremad/`` (``train.csv`` 6,698 rows
+and ``test.csv`` 744 rows, ``clip,EMO``). With ``--set lists=DIR`` the lists of DIR are
+used; when DIR has no ``train.csv``, train is every other clip of the release.
 Labels are the emotion code of the list; the class order is the reference code's:
 NEU, HAP, SAD, FEA, DIS, ANG. The release has no val split: 10% of train is carved
 per class with seed 0 (``val_fraction``, ``seed``). The split is not speaker-disjoint.

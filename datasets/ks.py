@@ -3,15 +3,15 @@
 Raw release (``--raw``): the 10-s YouTube clips as videos (``<id>.mp4``, or the Kinetics
 naming ``<ytid>_<start:06d>_<end:06d>.mp4``), in any sub-folders; optionally WAV files
 (``<id>.wav``, used instead of the video's audio) and folders of extracted frames
-(``<id>/*.jpg``). The split lists are the OGM-GE ones, ``my_train.txt`` (14,799 rows)
-and ``my_test.txt`` (2,597 rows), rows ``ytid_start,10,label`` (label 0-30); the
-``name.mp4 label`` space format is read too; a ``my_val.txt`` is used when present. They
-are *not* shipped with the project: copy them from the OGM-GE repository
-(``data/KineticSound/``) into the release folder or give their folder with
-``--set lists=DIR``. Other papers use other lists (32-34 classes): any list works, the
-counts land in meta.json. Classes are the label values (``"0"``..``"30"``) when the
-labels are numbers, else the sorted label names. No val list: 10% of train is carved
-per class with seed 0.
+(``<id>/*.jpg``). The split lists are the OGM-GE ones, shipped in
+``datasets/splits/ks/`` (from the OGM-GE repository's ``data/KineticSound/``):
+``my_train.txt`` (14,799 rows ``ytid_start_end,10,label``, the Kinetics clip name) and
+``my_test.txt`` (2,597 rows ``ytid_start,10,label``), label 0-30; the ``name.mp4 label``
+space format is read too; a ``my_val.txt`` is used when present. Lists in
+``--set lists=DIR`` or in the release folder are used instead of the shipped ones. Other
+papers use other lists (32-34 classes): any list works, the counts land in meta.json.
+Classes are the label values (``"0"``..``"30"``) when the labels are numbers, else the
+sorted label names. No val list: 10% of train is carved per class with seed 0.
 
 Audio recipes (``--recipe``):
 
@@ -85,7 +85,12 @@ def clip_id(field: str) -> str:
 
 
 def aliases(cid: str) -> list[str]:
-    """The id itself and the Kinetics file name `<ytid>_<start:06d>_<end:06d>`."""
+    """The id itself and its other spelling: `<ytid>_<start>` <-> the Kinetics file name
+    `<ytid>_<start:06d>_<end:06d>` (the OGM-GE train list uses the second, test the first)."""
+    head, _, end = cid.rpartition("_")
+    ytid, _, start = head.rpartition("_")
+    if ytid and len(start) == len(end) == 6 and start.isdigit() and end.isdigit():
+        return [cid, f"{ytid}_{int(start)}"]
     ytid, _, start = cid.rpartition("_")
     if ytid and start.isdigit():
         s = int(start)

@@ -22,9 +22,11 @@ from helpers import run_cli
 from benchmark.cli import main
 from datasets import PreparedDataset
 from datasets.cremad import CLASSES
+from datasets.ks import aliases
 from datasets.listfiles import read_rows, shipped_lists
 
 SHIPPED_TEST = [r[0] for r in read_rows(shipped_lists("cremad") / "test.csv")]
+SHIPPED_TRAIN = {r[0] for r in read_rows(shipped_lists("cremad") / "train.csv")}
 TRAIN_FAST = ["--set", "encoder=small", "crop_size=32", "batch_size=8"]
 
 
@@ -111,8 +113,9 @@ def test_cremad_spectrogram_matches_librosa(cremad: dict) -> None:
 def test_cremad_shipped_lists_and_pmr_recipe(
     work: Path, cremad_release: dict, capsys: pytest.CaptureFixture
 ) -> None:
-    """Without lists=: the shipped test.csv (744 rows, 6 here) and train = every other
-    release clip; the PMR recipe gives 257 x 1004 z-scored spectrograms."""
+    """Without lists=: the shipped test.csv (744 rows, 6 here) and train.csv (6,698 rows;
+    the fake release's clips that it lists, the others are not used); the PMR recipe
+    gives 257 x 1004 z-scored spectrograms."""
     r = cremad_release
     out = work / "cremad_pmr"
     args = ["prepare", "cremad", "--raw", str(r["root"]), "--out", str(out), "--recipe", "pmr"]
@@ -121,9 +124,26 @@ def test_cremad_shipped_lists_and_pmr_recipe(
     assert ds.arrays["audio"].shape[1:] == (1, 257, 1004)
     audio = ds.arrays["audio"][:].astype(np.float32)
     assert np.allclose(audio.mean(axis=(1, 2, 3)), 0, atol=0.01)
-    assert ds.meta["splits"]["test"] == 5 and len(ds.labels) == 16
-    assert len(ds.meta["skipped"]) == (744 - 6) + 2
-    assert "skipped 740" in capsys.readouterr().err
+    listed = [c for c in r["train"] if c in SHIPPED_TRAIN]
+    train_val = {ds.ids[i] for i in np.concatenate([ds.splits["train"], ds.splits["val"]])}
+    assert ds.meta["splits"]["test"] == 5 and train_val == set(listed) - {r["corrupt"]}
+    skipped = (744 - 5) + (6698 - len(listed)) + (r["corrupt"] in listed)
+    assert len(ds.meta["skipped"]) == skipped
+    assert f"skipped {skipped}" in capsys.readouterr().err
+
+
+def test_shipped_lists() -> None:
+    """The OGM-GE lists shipped in datasets/splits/: counts, unique ids, disjoint splits."""
+    assert len(SHIPPED_TEST) == len(set(SHIPPED_TEST)) == 744 and len(SHIPPED_TRAIN) == 6698
+    assert not SHIPPED_TRAIN & set(SHIPPED_TEST)
+    ks = {s: read_rows(shipped_lists("ks") / f"my_{s}.txt") for s in ("train", "test")}
+    counts = {s: len({r[0] for r in rows}) for s, rows in ks.items()}
+    assert counts == {"train": 14799, "test": 2597}
+    short = {s: [min(aliases(r[0]), key=len) for r in rows] for s, rows in ks.items()}
+    videos = {s: {i.rsplit("_", 1)[0] for i in ids} for s, ids in short.items()}
+    assert not videos["train"] & videos["test"]
+    assert aliases("--4-0ihtnBU_000058_000068") == ["--4-0ihtnBU_000058_000068", "--4-0ihtnBU_58"]
+    assert aliases("-3Mwkq-7TV4_2") == ["-3Mwkq-7TV4_2", "-3Mwkq-7TV4_000002_000012"]
 
 
 def test_interrupted_prepare_resumes(
