@@ -28,3 +28,45 @@ def tree(path: Path) -> list[str]:
     if not path.exists():
         return []
     return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+
+
+SMALL_SHAPES = {"audio": (1, 16, 16), "visual": (2, 16, 16, 3)}
+
+
+def make_method(
+    name: str,
+    hp: dict | None = None,
+    *,
+    seed: int = 0,
+    modalities: tuple[str, ...] = ("audio", "visual"),
+    classes: int = 6,
+    settings: dict | None = None,
+    epochs: int = 3,
+):
+    """A registered method on small CNN encoders (16 x 16 inputs), on the CPU. The first
+    modality is audio, the others visual; `settings` override the run defaults."""
+    import torch
+
+    from benchmark.config import RUN_DEFAULTS
+    from methods import RunContext, create_encoder, create_method
+
+    torch.manual_seed(seed)
+    kinds = {m: "audio" if i == 0 else "visual" for i, m in enumerate(modalities)}
+    encoders = {m: create_encoder("small", kinds[m], SMALL_SHAPES[kinds[m]]) for m in modalities}
+    run = {**RUN_DEFAULTS, "encoder": "small", "device": "cpu", **(settings or {})}
+    ctx = RunContext(torch.device("cpu"), epochs, 5, kinds, run, 0)
+    return create_method(name, encoders, classes, hp or {}, ctx)
+
+
+def make_batch(n: int = 8, seed: int = 0, classes: int = 6, dtype=None) -> dict:
+    """A random batch for `make_method` models: audio [n,1,16,16], one visual frame."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    dtype = dtype or torch.float32
+    return {
+        "audio": torch.randn(n, 1, 16, 16, generator=g, dtype=dtype),
+        "visual": torch.randn(n, 1, 3, 16, 16, generator=g, dtype=dtype),
+        "label": torch.randint(0, classes, (n,), generator=g),
+        "index": torch.arange(n),
+    }

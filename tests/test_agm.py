@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
+from helpers import make_method
 
 import methods.agm as agm
-from benchmark.config import RUN_DEFAULTS, resolve
-from methods import MethodConfigError, RunContext, StepInfo, create_encoder, create_method
+from benchmark.config import resolve
+from methods import MethodConfigError, StepInfo
 from methods.agm import (
     conditional_clip_factor,
     eval_mode,
@@ -99,32 +101,12 @@ def test_conditional_clip_factor_hand_values():
 
 # -- the method -----------------------------------------------------------------------------
 def make(hp=None, settings=None, n_mod=2):
-    torch.manual_seed(0)
-    encoders = {
-        "audio": create_encoder("small", "audio", (1, 16, 16)),
-        "visual": create_encoder("small", "visual", (2, 16, 16, 3)),
-        "depth": create_encoder("small", "visual", (2, 16, 16, 3)),
-    }
-    encoders = dict(list(encoders.items())[:n_mod])
-    ctx = RunContext(
-        device=torch.device("cpu"),
-        epochs=3,
-        steps_per_epoch=5,
-        modalities={m: e.kind for m, e in encoders.items()},
-        settings={**RUN_DEFAULTS, **(settings or {})},
-        seed=0,
-    )
-    return create_method("agm", encoders, 6, hp or {}, ctx)
+    modalities = ("audio", "visual", "depth")[:n_mod]
+    return make_method("agm", hp, modalities=modalities, settings=settings)
 
 
 def make_batch(dtype=torch.float32):
-    g = torch.Generator().manual_seed(1)
-    return {
-        "audio": torch.randn(8, 1, 16, 16, generator=g, dtype=dtype),
-        "visual": torch.randn(8, 1, 3, 16, 16, generator=g, dtype=dtype),
-        "label": torch.randint(0, 6, (8,), generator=g),
-        "index": torch.arange(8),
-    }
+    return helpers.make_batch(seed=1, dtype=dtype)
 
 
 STEP = StepInfo(epoch=0, step=0, batch=0)

@@ -8,9 +8,10 @@ import math
 
 import pytest
 import torch
+from helpers import make_batch, make_method
 
 from benchmark.config import RUN_DEFAULTS
-from methods import MethodConfigError, RunContext, StepInfo, create_encoder, create_method
+from methods import MethodConfigError, StepInfo
 from methods.mie import flat_transform
 
 SETTINGS = {**RUN_DEFAULTS, "encoder": "small", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}
@@ -52,26 +53,8 @@ def test_flat_transform_identity_when_spectrum_is_flat(ybar):
 
 
 # -- the method ---------------------------------------------------------------------------
-def make_batch(n=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "audio": torch.randn(n, 1, 16, 16, generator=g),
-        "visual": torch.randn(n, 1, 3, 16, 16, generator=g),
-        "label": torch.randint(0, 6, (n,), generator=g),
-        "index": torch.arange(n),
-    }
-
-
 def build(epochs=3, **hp):
-    torch.manual_seed(0)
-    ctx = RunContext(
-        torch.device("cpu"), epochs, 5, {"audio": "audio", "visual": "visual"}, SETTINGS, 0
-    )
-    encoders = {
-        "audio": create_encoder("small", "audio", (1, 16, 16)),
-        "visual": create_encoder("small", "visual", (2, 16, 16, 3)),
-    }
-    return create_method("mie", encoders, 6, hp, ctx)
+    return make_method("mie", hp, settings=SETTINGS, epochs=epochs)
 
 
 def hand_sam(model, m, batch, rho):

@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
+from helpers import make_method
 
-from benchmark.config import RUN_DEFAULTS
-from methods import MethodConfigError, RunContext, StepInfo, create_encoder, create_method
+from methods import MethodConfigError, StepInfo
 from methods.ogm_ge import modulate_, modulation_coefficients
 
 LN3 = math.log(3.0)
@@ -86,13 +86,7 @@ def test_ge_noise_has_the_gradients_std() -> None:
 
 # -- the method on a tiny model ---------------------------------------------------------
 def make(name: str, hp: dict | None = None, seed: int = 0, modalities=("audio", "visual")):
-    torch.manual_seed(seed)
-    shapes = {"audio": (1, 16, 16), "visual": (2, 16, 16, 3)}
-    kinds = {m: ("audio" if i % 2 == 0 else "visual") for i, m in enumerate(modalities)}
-    encoders = {m: create_encoder("small", kinds[m], shapes[kinds[m]]) for m in modalities}
-    settings = {**RUN_DEFAULTS, "encoder": "small", "device": "cpu"}
-    ctx = RunContext(torch.device("cpu"), 3, 5, kinds, settings, 0)
-    return create_method(name, encoders, 6, hp or {}, ctx)
+    return make_method(name, hp, seed=seed, modalities=modalities)
 
 
 def batch(seed: int = 1) -> dict[str, torch.Tensor]:

@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
+from helpers import make_method
 
-from benchmark.config import RUN_DEFAULTS
-from methods import MethodConfigError, RunContext, StepInfo, create_encoder, create_method
+from methods import MethodConfigError, StepInfo
 from methods.pmr import class_sums, prototype_logits, rebalance_coefficients, update_prototypes
 
 LN2 = math.log(2.0)
@@ -81,13 +81,7 @@ def test_class_sums_and_prototype_update_by_hand() -> None:
 
 # -- the method on a tiny model ---------------------------------------------------------
 def make(hp: dict | None = None, seed: int = 0, modalities=("audio", "visual"), classes: int = 6):
-    torch.manual_seed(seed)
-    shapes = {"audio": (1, 16, 16), "visual": (2, 16, 16, 3)}
-    kinds = {m: ("audio" if i % 2 == 0 else "visual") for i, m in enumerate(modalities)}
-    encoders = {m: create_encoder("small", kinds[m], shapes[kinds[m]]) for m in modalities}
-    settings = {**RUN_DEFAULTS, "encoder": "small", "device": "cpu"}
-    ctx = RunContext(torch.device("cpu"), 3, 5, kinds, settings, 0)
-    return create_method("pmr", encoders, classes, hp or {}, ctx)
+    return make_method("pmr", hp, seed=seed, modalities=modalities, classes=classes)
 
 
 def batch(n: int = 8, seed: int = 1, labels=None) -> dict[str, torch.Tensor]:
