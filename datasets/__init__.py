@@ -19,11 +19,7 @@ from datasets.registry import (
 _DATASET_MODULES = ("synth", "avdigits", "cremad", "ks", "ave", "vggsound")
 
 for _module in _DATASET_MODULES:
-    try:
-        importlib.import_module(f"datasets.{_module}")
-    except ModuleNotFoundError as exc:  # a dataset file not written yet
-        if exc.name != f"datasets.{_module}":
-            raise
+    importlib.import_module(f"datasets.{_module}")
 
 __all__ = [
     "DatasetError",

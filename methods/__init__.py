@@ -17,11 +17,7 @@ from methods.registry import METHODS, MethodConfigError, register_method
 _METHOD_MODULES = ("joint", "ogm_ge", "pmr", "agm", "mie")
 
 for _module in _METHOD_MODULES:
-    try:
-        importlib.import_module(f"methods.{_module}")
-    except ModuleNotFoundError as exc:  # a method file not written yet
-        if exc.name != f"methods.{_module}":
-            raise
+    importlib.import_module(f"methods.{_module}")
 
 
 def list_methods(pattern: str = "*") -> list[str]:
