@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from datasets import DatasetError, PreparedDataset, get_dataset_spec, list_datasets
@@ -133,6 +132,3 @@ class RunData:
         self, split: str = "train", fraction: float = 1.0, augment: bool = False
     ) -> Iterator[dict[str, torch.Tensor]]:
         return self.loader(split, fraction, augment).epoch(0)
-
-    def class_counts(self, split: str = "train") -> np.ndarray:
-        return np.bincount(self.ds.labels[self.ds.splits[split]], minlength=self.ds.num_classes)
