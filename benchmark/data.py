@@ -131,4 +131,7 @@ class RunData:
     def batches(
         self, split: str = "train", fraction: float = 1.0, augment: bool = False
     ) -> Iterator[dict[str, torch.Tensor]]:
+        """Device batches of `split` (a fixed stratified `fraction` of it); `augment=True`
+        reads it as the training loader does (augmentation, shuffling, training batch
+        size), otherwise with the evaluation transform in order."""
         return self.loader(split, fraction, augment).epoch(0)
