@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.config import parse_overrides
     from benchmark.data import data_root
     from benchmark.launch import launch, plan_grid
-    from benchmark.runstore import results_root, run_dir
+    from benchmark.runstore import results_root
 
     overrides = parse_overrides(args.set or [])
     if args.epochs is not None:
@@ -94,7 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 continue
             accs = "  ".join(f"{h} {100 * s[f'test/{h}/acc']:.2f}" for h in s["heads"])
             print(f"{cfg.method:8s} {cfg.dataset:10s} {cfg.seed:4d} {s['best_epoch']:4d}  {accs}")
-        print(f"runs in {run_dir(results, configs[0]).parent.parent.parent}")
+        print(f"runs in {results / 'runs'}")
         if any(s is None for s in summaries):
             return 1
     return 0
