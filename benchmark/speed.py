@@ -4,9 +4,11 @@ Three measurements in one process, on one dataset, device and batch size:
 
 (a) loader alone: train batches read, moved to the device and augmented there;
 (b) `update` per method on one batch already on the device (the step alone), the same
-    batch for every method, under bf16 autocast on CUDA as in the engine; on CUDA the
-    timed steps run inside ``torch.cuda.set_sync_debug_mode("error")`` (after warm-up
-    steps outside it), so a host-device synchronisation in a step is caught and reported;
+    batch for every method, under bf16 autocast on CUDA as in the engine; two steps after
+    the warm-up run under `benchmark.host_sync.no_host_sync` (on CUDA
+    ``torch.cuda.set_sync_debug_mode("error")``, on the CPU a dispatch-mode detector of the
+    operators that would sync on CUDA), so a host-device synchronisation in a step is
+    caught and reported in the table;
 (c) end to end: loader + update, as the engine runs an epoch.
 
 Each method is built by the engine's own `build_method` from its resolved run config
@@ -16,7 +18,6 @@ times relative to joint, which is always measured first.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,11 +32,13 @@ from benchmark.config import RunConfig, resolve
 from benchmark.data import RunData, open_dataset
 from benchmark.engine import autocast, build_method, configure_backends, resolve_device
 from benchmark.errors import UserError
+from benchmark.host_sync import first_host_sync
 from datasets import PreparedDataset
 from datasets.loader import Loader, resolve_workers
 from methods import Method, StepInfo, list_methods
 
 BASELINE = "joint"
+CHECKED_STEPS = 2  # steps of each method run under the host-sync check, untimed
 Batch = dict[str, torch.Tensor]
 
 
@@ -98,20 +101,6 @@ def device_name(device: torch.device) -> str:
     return str(device)
 
 
-@contextlib.contextmanager
-def sync_check(device: torch.device) -> Iterator[None]:
-    """On CUDA, make any host-device synchronisation raise; on the CPU, nothing."""
-    if device.type != "cuda":
-        yield
-        return
-    previous = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode(previous)
-
-
 def batch_stream(loader: Loader) -> Iterator[Batch]:
     """The loader's batches, epoch after epoch, without end."""
     epoch = 0
@@ -150,8 +139,9 @@ def time_update(
 ) -> tuple[float, str | None]:
     """(b) Samples/s of `update` on one device batch, and the host sync found (or None).
 
-    The per-step logs are summed on the device as the engine does. When a step syncs on
-    CUDA, the message is kept and the timing is redone without the check."""
+    The per-step logs are summed on the device as the engine does. After the warm-up,
+    `CHECKED_STEPS` untimed steps run under `no_host_sync` (CUDA's sync debug mode, or the
+    CPU detector); then the timed steps run without the check, which costs time on the CPU."""
     method.train()
     sums: dict[str, torch.Tensor] = {}
 
@@ -162,17 +152,13 @@ def time_update(
             value = value.detach().float()
             sums[key] = sums[key] + value if key in sums else value
 
-    size = len(batch["label"])
     for i in range(warmup):
         step(i)
-    try:
-        with sync_check(device):
-            return timed_rate(lambda i: step(warmup + i), steps, 0, size, device), None
-    except RuntimeError as exc:
-        if device.type != "cuda":
-            raise
-        found = (str(exc).strip().splitlines() or ["host sync"])[0]
-    return timed_rate(lambda i: step(warmup + i), steps, 0, size, device), found
+    checked = range(warmup, warmup + CHECKED_STEPS)
+    checks = [first_host_sync(lambda i=i: step(i), device) for i in checked]
+    start = warmup + CHECKED_STEPS
+    rate = timed_rate(lambda i: step(start + i), steps, 0, len(batch["label"]), device)
+    return rate, next((found for found in checks if found), None)
 
 
 def time_end_to_end(
@@ -279,7 +265,7 @@ def format_table(report: SpeedReport) -> str:
         "host sync in step",
     ]
     for name, m in report.methods.items():
-        sync = "n/a (cpu)" if report.device == "cpu" else (m.host_sync or "none")
+        sync = m.host_sync or "none"
         lines.append(
             f"{name:8s} {m.update_samples_per_s:9,.0f} {report.step_ratio(name):6.2f} "
             f"{m.end_to_end_samples_per_s:13,.0f} {report.end_to_end_ratio(name):6.2f}  {sync}"

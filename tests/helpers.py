@@ -70,3 +70,16 @@ def make_batch(n: int = 8, seed: int = 0, classes: int = 6, dtype=None) -> dict:
         "label": torch.randint(0, classes, (n,), generator=g),
         "index": torch.arange(n),
     }
+
+
+class FixedSource:
+    """A BatchSource (what method hooks read) that yields given batches and records the
+    (split, fraction, augment) it was asked for."""
+
+    def __init__(self, batches: list[dict]):
+        self._batches = batches
+        self.calls: list[tuple] = []
+
+    def batches(self, split="train", fraction=1.0, augment=False):
+        self.calls.append((split, fraction, augment))
+        yield from self._batches

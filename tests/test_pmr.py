@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from helpers import make_method
+from helpers import FixedSource, make_method
 
 from methods import MethodConfigError, StepInfo
 from methods.pmr import class_sums, prototype_logits, rebalance_coefficients, update_prototypes
@@ -92,18 +92,6 @@ def batch(n: int = 8, seed: int = 1, labels=None) -> dict[str, torch.Tensor]:
         "label": torch.randint(0, 6, (n,), generator=g) if labels is None else labels,
         "index": torch.arange(n),
     }
-
-
-class FixedSource:
-    """A BatchSource that yields given batches and records what it was asked for."""
-
-    def __init__(self, batches):
-        self._batches = batches
-        self.calls = []
-
-    def batches(self, split="train", fraction=1.0, augment=False):
-        self.calls.append((split, fraction, augment))
-        yield from self._batches
 
 
 def test_prototypes_are_class_means_of_the_subset() -> None:

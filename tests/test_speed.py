@@ -35,6 +35,7 @@ def test_speed_prints_the_table_and_writes_the_json(tmp_path, synth, data_root):
     rows = [line.split() for line in lines[3:5]]
     assert [r[0] for r in rows] == ["joint", "ogm_ge"]  # joint is added, first
     assert rows[0][2] == "1.00" and rows[0][4] == "1.00"
+    assert [r[5:] for r in rows] == [["none"], ["none"]]  # the CPU host-sync check passed
 
     record = json.loads(out.read_text())
     assert set(record) == {"device", "batch_size", "loader_samples_per_s", "methods"}
