@@ -1,6 +1,8 @@
 """Every registered method x encoder x fusion head (and each method's options) builds, trains
 three steps without a host sync and predicts."""
 
+import contextlib
+
 import pytest
 import torch
 from helpers import FixedSource
@@ -39,14 +41,14 @@ def build(method, encoder="small", fusion="concat", hp=None):
     return create_method(method, encoders, CLASSES, hp or {}, ctx)
 
 
-def train_three_steps(model):
+def train_three_steps(model, check_syncs=True):
     """Three updates; the second and third must not synchronise the host with the device
-    (the first may: lazy state is created there)."""
+    (the first may: lazy state is created there) unless `check_syncs` is False."""
     source = FixedSource([make_batch(8, seed=1), make_batch(8, seed=2)])
     model.train()
     model.on_epoch_start(0, source)
     logs = [model.update(make_batch(seed=0), StepInfo(0, 0, 0))]
-    with no_host_sync(torch.device("cpu")):
+    with no_host_sync(torch.device("cpu")) if check_syncs else contextlib.nullcontext():
         logs += [model.update(make_batch(seed=i), StepInfo(0, i, i)) for i in (1, 2)]
     model.on_epoch_end(0, source)
     return logs
@@ -82,6 +84,22 @@ def test_method_with_encoder(method, encoder):
 def test_method_with_fusion(method, fusion):
     model = build(method, fusion=fusion)
     check(model, train_three_steps(model))
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_method_on_the_cuda_path_rehearsed_on_the_cpu(method):
+    """What the engine does on CUDA, done on the CPU: channels_last and bf16 autocast around
+    `update` (catches dtype mismatches such as a bf16 matmul assigned to an fp32 grad)."""
+    hp = {"t_refresh": 1} if method == "mie" else {}  # MIE: a non-identity T from step 2 on
+    model = build(method, encoder="resnet18", hp=hp).to(memory_format=torch.channels_last)
+    before = [p.detach().clone() for p in model.parameters()]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logs = train_three_steps(model, check_syncs=method != "mie")
+    check(model, logs)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters() if p.grad is not None)
+    changed = [not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)]
+    assert sum(changed) > len(changed) // 2
 
 
 OPTIONS = [
