@@ -41,14 +41,17 @@ RUN_DEFAULTS: dict[str, Any] = {
     "workers": "auto",  # loader worker processes, or auto: 0 on CPU, up to 8 on CUDA
     # (does not change results)
     "compile": False,  # torch.compile the encoders (speed only; float rounding may differ)
+    "compile_mode": "default",  # torch.compile mode; reduce-overhead adds CUDA graphs
     "device": "auto",  # auto | cpu | cuda | cuda:N (does not change the run id)
 }
 # Settings that do not change what a run computes: left out of the run id.
-NOT_IN_RUN_ID = frozenset({"workers", "device", "eval_batch_size", "compile"})
+NOT_IN_RUN_ID = frozenset({"workers", "device", "eval_batch_size", "compile", "compile_mode"})
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CHOICES: dict[str, Sequence[str]] = {
     "protocol": ("benchmark", "paper"),
     "optimizer": OPTIMIZERS,
     "scheduler": SCHEDULERS,
+    "compile_mode": COMPILE_MODES,
 }
 
 

@@ -109,7 +109,8 @@ def build_method(
 ) -> Method:
     """The run's method with fresh encoders, built on `device`: channels_last on CUDA, and
     each encoder compiled in place (`nn.Module.compile`, state-dict keys unchanged) when
-    the run setting ``compile`` is on. Used by `train_run` and `benchmark speed`."""
+    the run setting ``compile`` is on, in the mode ``compile_mode`` ("reduce-overhead"
+    records CUDA graphs). Used by `train_run` and `benchmark speed`."""
     ctx = RunContext(
         device=device,
         epochs=cfg.settings["epochs"],
@@ -128,7 +129,7 @@ def build_method(
         method = method.to(memory_format=torch.channels_last)
     if cfg.settings.get("compile", False):
         for encoder in method.encoders.values():
-            encoder.compile()
+            encoder.compile(mode=cfg.settings["compile_mode"])
     return method
 
 

@@ -12,7 +12,7 @@
 # and the table go; default results/speed), DATA (the fake dataset; default
 # /tmp/imbalance-bench-fake-cremad, reused when present), TRAIN_ROWS (2048), BATCH (64),
 # STEPS (30), WARMUP (10), WORKERS (auto: up to 8), DEVICE (cuda), SET (extra --set
-# key=value pairs, e.g. "compile=true"), METHODS (all).
+# key=value pairs, e.g. "compile=true compile_mode=reduce-overhead"), METHODS (all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -141,5 +141,16 @@ def test_workers_auto_and_compile_settings(synth, data_root):
         assert method.encoders[m]._compiled_call_impl is not None
         assert plain.encoders[m]._compiled_call_impl is None
     assert list(method.state_dict()) == list(plain.state_dict())
+    for m in method.modalities:  # the default mode records no CUDA graphs
+        assert not method.encoders[m]._compiled_call_impl.get_compiler_config()["triton.cudagraphs"]
+    graphs = resolve(
+        "joint", "synth", path, {}, 0, {"compile": True, "compile_mode": "reduce-overhead"}
+    )
+    assert graphs.run_id == eager.run_id
+    method = build_method(graphs, synth, torch.device("cpu"), steps_per_epoch=1)
+    for m in method.modalities:
+        assert method.encoders[m]._compiled_call_impl.get_compiler_config()["triton.cudagraphs"]
+    with pytest.raises(UserError, match="unknown compile_mode 'fast'; choose one of default, "):
+        resolve("joint", "synth", path, {}, 0, {"compile": True, "compile_mode": "fast"})
     with pytest.raises(UserError, match="workers must be auto or a number >= 0"):
         resolve("joint", "synth", path, {}, 0, {"workers": -1})
