@@ -116,12 +116,17 @@ def _counts(sizes: tuple[int, ...], device: torch.device) -> torch.Tensor:
     return torch.tensor(sizes, dtype=torch.float32, device=device)
 
 
-def modulate_(grads: list[torch.Tensor], k: torch.Tensor, ge: bool) -> None:
+def modulate_(
+    grads: list[torch.Tensor], k: torch.Tensor, ge: bool, noise: torch.Tensor | None = None
+) -> None:
     """In place: g <- k g (step 5), plus N(0, (std(g) + 1e-8)^2) noise when `ge` (step 6).
 
     sigma is the (unbiased) std of g before modulation, per tensor (a one-element tensor has
     no spread: sigma = 1e-8). Batched over tensors: one fused norm for the sums of squares,
-    var = (sum g^2 - (sum g)^2 / n) / (n - 1), one randn for all the noise, a fused k g.
+    var = (sum g^2 - (sum g)^2 / n) / (n - 1), one draw for all the noise, a fused k g.
+    `noise`, if given, is a 1-D buffer of at least sum(numel) elements of the grads' dtype
+    that the draw overwrites (the same numbers as a fresh randn, without allocating and
+    faulting in a parameter-sized tensor every step).
     """
     if not grads:
         return
@@ -134,9 +139,12 @@ def modulate_(grads: list[torch.Tensor], k: torch.Tensor, ge: bool) -> None:
     squares = torch.stack(torch._foreach_norm(grads)).float().square()
     var = (squares - sums.square() / n) / (n - 1).clamp_min(1)
     sigma = var.clamp_min(0).sqrt() + 1e-8
-    noise = torch.randn(sum(sizes), dtype=grads[0].dtype, device=grads[0].device).split(sizes)
+    total = sum(sizes)
+    if noise is None:
+        noise = torch.empty(total, dtype=grads[0].dtype, device=grads[0].device)
+    draws = noise[:total].normal_().split(sizes)
     torch._foreach_mul_(grads, k)
-    for g, z, s in zip(grads, noise, sigma.to(grads[0].dtype).unbind(), strict=True):
+    for g, z, s in zip(grads, draws, sigma.to(grads[0].dtype).unbind(), strict=True):
         g.addcmul_(z.view_as(g), s)  # g <- k g + sigma z
 
 
@@ -182,6 +190,15 @@ class OGMGE(Joint):
                 f"unknown scope {self.hp['scope']!r}; choose one of {', '.join(SCOPES)}"
             )
         self.scoped = self.scoped_parameters(self.hp["scope"])
+        self.noise: torch.Tensor | None = None  # GE's draw buffer, made at the first step
+
+    def noise_buffer(self, like: torch.Tensor) -> torch.Tensor:
+        """One buffer for the GE noise of either encoder (they are modulated one after the
+        other), as long as the larger scope, on the gradients' device and dtype."""
+        if self.noise is None:
+            size = max(sum(p.numel() for p in params) for params in self.scoped.values())
+            self.noise = torch.empty(size, dtype=like.dtype, device=like.device)
+        return self.noise
 
     def scoped_parameters(self, scope: str) -> dict[str, list[nn.Parameter]]:
         """{modality: the parameters modulated}: all of its encoder, or its conv weights."""
@@ -215,5 +232,6 @@ class OGMGE(Joint):
         # Steps 5-6: g <- k^m g (+ GE noise) on each encoder's parameters in scope.
         for m, k in ((first, k_a), (second, k_v)):
             grads = [p.grad for p in self.scoped[m] if p.grad is not None]
-            modulate_(grads, k, self.hp["ge"])
+            if grads:
+                modulate_(grads, k, self.hp["ge"], self.noise_buffer(grads[0]))
         return {f"k_{first}": k_a, f"k_{second}": k_v, "ratio": ratio}

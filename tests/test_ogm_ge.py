@@ -84,6 +84,19 @@ def test_ge_noise_has_the_gradients_std() -> None:
     assert torch.equal(h, 0.25 * before)
 
 
+def test_ge_noise_drawn_into_a_buffer_equals_a_fresh_draw() -> None:
+    grads = [torch.randn(3, 4), torch.randn(5), torch.randn(1)]
+    fresh, buffered = [g.clone() for g in grads], [g.clone() for g in grads]
+    torch.manual_seed(3)
+    modulate_(fresh, torch.tensor(0.5), ge=True)
+    torch.manual_seed(3)
+    buffer = torch.full((30,), float("nan"))  # longer than the 18 elements needed
+    modulate_(buffered, torch.tensor(0.5), ge=True, noise=buffer)
+    for a, b, g in zip(fresh, buffered, grads, strict=True):
+        assert torch.equal(a, b) and not torch.equal(a, 0.5 * g)
+    assert torch.isnan(buffer[18:]).all()  # only the head of the buffer is drawn into
+
+
 # -- the method on a tiny model ---------------------------------------------------------
 def make(name: str, hp: dict | None = None, seed: int = 0, modalities=("audio", "visual")):
     return make_method(name, hp, seed=seed, modalities=modalities)
