@@ -70,10 +70,12 @@ lint: install
 bench-speed: install
 	$(PY) -m pytest tests/benchmarks --benchmark-enable --benchmark-only -q
 
-# On a machine with one GPU (no network needed): fake full-size CREMA-D data, `speed` for
-# every method at batch 64; table and JSON in results/speed/ (docs/speed.md).
-gpu-check: install
-	PYTHON=$(PY) benchmark/gpu_check.sh
+# On a machine with one GPU: fake full-size CREMA-D data, `speed` for every method at
+# batch 64; table and JSON in results/speed/ (README, "Speed"). No install step: GPU
+# machines may have no network; the script takes .venv's python if there is one, else
+# python3 (which needs torch, torchvision, numpy, scipy, pillow and tqdm).
+gpu-check:
+	benchmark/gpu_check.sh
 
 figures: install
 	$(PY) -m benchmark report

@@ -1,9 +1,9 @@
 """Decoding media for `prepare`: audio to float waveforms, video to 1-fps uint8 frames.
 
-Audio: WAV/FLAC/OGG files are read with soundfile (libsndfile) and resampled with
-soxr at "HQ" quality, what the references' ``librosa.load(path, sr=...)`` does (librosa
->= 0.10's default); any other container (MP4, FLV, ...) is
-decoded and resampled by ffmpeg. Frames: ffmpeg's ``fps`` filter (the same filter the
+Audio: WAV/FLAC/OGG files are read with soundfile (libsndfile; imported on first use) and
+resampled with soxr at "HQ" quality, what the references' ``librosa.load(path, sr=...)``
+does (librosa >= 0.10's default); any other container (MP4, FLV, ...) is decoded and
+resampled by ffmpeg. Frames: ffmpeg's ``fps`` filter (the same filter the
 references' ``ffmpeg -r 1`` extraction scripts use), scaled to cover the target box
 keeping the aspect ratio and centre-cropped to it, piped as raw RGB; extracted JPEG
 folders are read with Pillow and given the same scale-and-crop.
@@ -16,8 +16,6 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-import soxr
 from PIL import Image
 
 from datasets.registry import DatasetError
@@ -66,6 +64,11 @@ def decode_audio(
     [start, start + duration) seconds. Raises MediaError on an undecodable or empty file."""
     path = Path(path)
     if path.suffix.lower() in SOUNDFILE_EXTENSIONS:
+        # Imported here: training and `speed` read prepared arrays and need no audio
+        # decoder (the GPU machines' image has neither library).
+        import soundfile as sf
+        import soxr
+
         try:
             wave, rate = sf.read(path, dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError) as exc:

@@ -3,11 +3,13 @@ run settings the speed work added (workers=auto, compile)."""
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli
+from helpers import ROOT, run_cli
 from scipy.stats import ks_2samp
 from torchvision.transforms import RandomResizedCrop
 
@@ -49,6 +51,28 @@ def test_speed_prints_the_table_and_writes_the_json(tmp_path, synth, data_root):
     og = record["methods"]["ogm_ge"]
     ratio = record["methods"]["joint"]["update_samples_per_s"] / og["update_samples_per_s"]
     assert og["step_ratio_to_joint"] == pytest.approx(ratio)
+
+
+def test_speed_runs_without_the_media_and_cluster_libraries(tmp_path, synth):
+    """The GPU machines' image has no soundfile, soxr, submitit or librosa, and `speed`
+    needs only torch, torchvision, numpy, scipy, pillow and tqdm (README, "GPU"): every
+    other dependency is made unimportable here."""
+    blocked = ("soundfile", "soxr", "submitit", "librosa", "pandas", "matplotlib", "seaborn")
+    blocked += ("sklearn", "yaml")
+    code = (
+        "import runpy, sys\n"
+        f"for name in {blocked!r}:\n"
+        "    sys.modules[name] = None  # any import of it raises\n"
+        "sys.argv = ['benchmark', *sys.argv[1:]]\n"
+        "runpy.run_module('benchmark', run_name='__main__')\n"
+    )
+    args = ["speed", "--dataset", str(synth.root), "--methods", "mie", "--steps", "1",
+            "--warmup", "1", "--device", "cpu", "--data-root", str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [line.split()[0] for line in proc.stdout.splitlines()[3:5]] == ["joint", "mie"]
 
 
 def test_speed_rejects_an_unknown_method(data_root, capsys):
