@@ -128,8 +128,15 @@ def build_method(
     if device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
     if cfg.settings.get("compile", False):
+        # Static shapes: every encoder and input shape (train batch, last batch, eval batch,
+        # AGM's one-sample pass) gets its own graph. All encoders share the code object
+        # that dynamo caches on (Module._call_impl), so the second one would otherwise be
+        # recompiled with dynamic shapes, which inductor fails on for these convnets
+        # (torch 2.11); the recompile limit is raised to hold the static graphs.
+        dynamo_config = torch._dynamo.config
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
         for encoder in method.encoders.values():
-            encoder.compile(mode=cfg.settings["compile_mode"])
+            encoder.compile(mode=cfg.settings["compile_mode"], dynamic=False)
     return method
 
 

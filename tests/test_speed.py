@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, run_cli
+from helpers import ROOT, make_batch, run_cli
 from scipy.stats import ks_2samp
 from torchvision.transforms import RandomResizedCrop
 
@@ -19,6 +19,7 @@ from benchmark.engine import build_method
 from benchmark.errors import UserError
 from datasets.augment import sample_crop_boxes
 from datasets.loader import resolve_workers
+from methods import StepInfo
 
 
 def test_speed_prints_the_table_and_writes_the_json(tmp_path, synth, data_root):
@@ -178,3 +179,25 @@ def test_workers_auto_and_compile_settings(synth, data_root):
         resolve("joint", "synth", path, {}, 0, {"compile": True, "compile_mode": "fast"})
     with pytest.raises(UserError, match="workers must be auto or a number >= 0"):
         resolve("joint", "synth", path, {}, 0, {"workers": -1})
+
+
+def test_compiled_encoders_train_and_predict_like_eager(synth):
+    """compile=true runs (both encoders, a train and an eval batch size) and computes what
+    eager mode computes, up to float rounding."""
+    settings = {"encoder": "small", "lr": 0.05}
+    path = str(synth.root)
+    models = []
+    for compiled in (False, True):
+        cfg = resolve("joint", "synth", path, {}, 0, {**settings, "compile": compiled})
+        torch.manual_seed(0)
+        models.append(build_method(cfg, synth, torch.device("cpu"), steps_per_epoch=2))
+    batch = make_batch(8, seed=1, classes=synth.num_classes)
+    losses = [[float(m.update(batch, StepInfo(0, i, i))["loss"]) for i in range(2)] for m in models]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    eval_batch = make_batch(5, seed=2, classes=synth.num_classes)  # another shape
+    with torch.no_grad():
+        outs = [m.eval().predict(eval_batch) for m in models]
+    for head in outs[0]:
+        torch.testing.assert_close(outs[1][head], outs[0][head], rtol=1e-4, atol=1e-4)
