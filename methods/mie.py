@@ -321,6 +321,7 @@ class MIE(Method):
                 ]
             self.diag_layers[j] = [a for a in range(min(len(wj), len(wk))) if wj[a] == wk[a]]
         self._inputs: list[torch.Tensor] = []  # head layer inputs of the last step-1 forward
+        self._saved: dict[str, list[torch.Tensor]] = {}  # theta^j kept during the SAM pass
 
     # -- prediction ------------------------------------------------------------------------
     def predict(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -375,28 +376,32 @@ class MIE(Method):
             perturbed = loss
         else:
             # (2) SAM: eps = rho g / ||g||_2 over all of theta^j.
-            shifted = self._grad(loss, params)  # g, turned into theta^j + eps in place
+            eps = self._grad(loss, params)  # g, turned into eps in place
             with torch.no_grad(), self._no_autocast():
-                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(shifted)))
-                torch._foreach_mul_(shifted, rho / (norm + _TINY))
-                torch._foreach_add_(shifted, params)
-            # The perturbed pass runs on theta^j + eps by pointing each parameter at its
-            # shifted copy; pointing back restores theta^j bit-exactly with no copy.
-            original = [p.data for p in params]
-            for p, q in zip(params, shifted, strict=True):
-                p.data = q
+                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(eps)))
+                torch._foreach_mul_(eps, rho / (norm + _TINY))
+                # theta^j + eps in place: parameters keep their storage and layout, which
+                # compiled encoders assert and CUDA graphs record as static addresses.
+                original = self._saved_parameters(j)
+                torch._foreach_copy_(original, params)
+                torch._foreach_add_(params, eps)
             encoder = self.encoders[j]
             saved = [b.detach().clone() for b in encoder.buffers()]  # BN running statistics
             perturbed = cross_entropy(self.heads[j](encoder(batch[j])), y)
             grads = self._grad(perturbed, params)
-            for p, q in zip(params, original, strict=True):
-                p.data = q
-            with torch.no_grad():  # restore the statistics bit-exactly
+            with torch.no_grad():  # restore theta^j and the statistics bit-exactly
+                torch._foreach_copy_(params, original)
                 for b, s in zip(encoder.buffers(), saved, strict=True):
                     b.copy_(s)
         for p, g_sam in zip(params, grads, strict=True):
             p.grad = g_sam
         return loss, perturbed
+
+    def _saved_parameters(self, j: str) -> list[torch.Tensor]:
+        """Buffers that hold theta^j during the SAM pass, allocated once per modality."""
+        if j not in self._saved:
+            self._saved[j] = [torch.empty_like(p) for p in self.theta[j]]
+        return self._saved[j]
 
     def _gradients_official(self, j: str, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The official code's loss: mixup + per-tensor, never-removed perturbation."""
