@@ -18,7 +18,8 @@ RAW ?=
 WORKERS ?=
 RECIPE ?=
 
-DEBIAN_PACKAGES := espeak-ng ffmpeg sox munge slurmctld slurmd slurm-client slurmdbd mariadb-server
+# g++: torch.compile's CPU backend builds its kernels with it (compile=true, and a test).
+DEBIAN_PACKAGES := espeak-ng ffmpeg sox munge slurmctld slurmd slurm-client slurmdbd mariadb-server g++
 
 BENCH_ARGS := --method $(METHOD) --dataset $(DATASET) --seeds $(SEEDS) --launcher $(LAUNCHER) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(PROFILE),--profile $(PROFILE)) \
@@ -29,7 +30,8 @@ BENCH_ARGS := --method $(METHOD) --dataset $(DATASET) --seeds $(SEEDS) --launche
 install: system-packages $(STAMP)
 
 # As root on Debian, install the programs the suite calls (espeak-ng for avdigits, ffmpeg
-# for `prepare`, Slurm + munge + MariaDB for the single-node test cluster). Elsewhere,
+# for `prepare`, Slurm + munge + MariaDB for the single-node test cluster, g++ for
+# torch.compile on the CPU). Elsewhere,
 # print what is missing and carry on: the Python part still installs.
 system-packages:
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
