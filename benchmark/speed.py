@@ -62,6 +62,7 @@ class SpeedReport:
     steps: int
     warmup: int
     loader_samples_per_s: float
+    loader_host_samples_per_s: float  # the reads alone, without the device half
     methods: dict[str, MethodSpeed] = field(default_factory=dict)
 
     def step_ratio(self, name: str) -> float:
@@ -101,11 +102,11 @@ def device_name(device: torch.device) -> str:
     return str(device)
 
 
-def batch_stream(loader: Loader) -> Iterator[Batch]:
-    """The loader's batches, epoch after epoch, without end."""
+def batch_stream(epoch_batches: Callable[[int], Iterator[Batch]]) -> Iterator[Batch]:
+    """The batches of epoch_batches(0), epoch_batches(1), ... without end."""
     epoch = 0
     while True:
-        yield from loader.epoch(epoch)
+        yield from epoch_batches(epoch)
         epoch += 1
 
 
@@ -123,15 +124,22 @@ def timed_rate(
     return steps * batch_size / max(time.perf_counter() - start, 1e-9)
 
 
-def time_loader(loader: Loader, steps: int, warmup: int, device: torch.device) -> float:
-    """(a) Samples/s of the train loader alone (read, copy to the device, augment)."""
-    stream = batch_stream(loader)
+def time_loader(
+    epoch_batches: Callable[[int], Iterator[Batch]],
+    steps: int,
+    warmup: int,
+    batch_size: int,
+    device: torch.device,
+) -> float:
+    """(a) Samples/s of a loader alone: `Loader.epoch` (read, copy to the device, augment)
+    or `Loader.host_batches` (the reads alone)."""
+    stream = batch_stream(epoch_batches)
     keep: list[Batch] = []
 
     def step(_: int) -> None:
         keep[:] = [next(stream)]  # hold the batch like a consumer would
 
-    return timed_rate(step, steps, warmup, loader.sampler.batch_size, device)
+    return timed_rate(step, steps, warmup, batch_size, device)
 
 
 def time_update(
@@ -166,7 +174,7 @@ def time_end_to_end(
 ) -> float:
     """(c) Samples/s of loader + update, as an engine epoch runs them."""
     method.train()
-    stream = batch_stream(loader)
+    stream = batch_stream(loader.epoch)
     sums: dict[str, torch.Tensor] = {}
 
     def step(i: int) -> None:
@@ -224,14 +232,18 @@ def measure(
     torch.manual_seed(0)
     data = RunData(ds, settings, 0, device)
     loader = data.train
+    batch_size = loader.sampler.batch_size
     report = SpeedReport(
         dataset=ds.name,
         device=device_name(device),
-        batch_size=settings["batch_size"],
+        batch_size=batch_size,
         workers=resolve_workers(settings["workers"], device),
         steps=steps,
         warmup=warmup,
-        loader_samples_per_s=time_loader(loader, steps, warmup, device),
+        loader_samples_per_s=time_loader(loader.epoch, steps, warmup, batch_size, device),
+        loader_host_samples_per_s=time_loader(
+            loader.host_batches, steps, warmup, batch_size, device
+        ),
     )
     batch = next(loader.epoch(0))  # the one batch every method's step is timed on
     bar = tqdm(configs.items(), desc="speed", unit="method", disable=not progress)
@@ -260,7 +272,8 @@ def format_table(report: SpeedReport) -> str:
         f"{report.steps} timed steps after {report.warmup} warm-up, loader workers "
         f"{report.workers}",
         f"loader alone: {report.loader_samples_per_s:,.0f} samples/s "
-        f"({report.loader_samples_per_s / fastest:.2f}x the fastest step)",
+        f"({report.loader_samples_per_s / fastest:.2f}x the fastest step; its reads alone "
+        f"{report.loader_host_samples_per_s:,.0f} samples/s)",
         f"{'method':8s} {'step/s':>9s} {'ratio':>6s} {'end-to-end/s':>13s} {'ratio':>6s}  "
         "host sync in step",
     ]

@@ -161,13 +161,18 @@ class Loader:
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """The batches of one epoch, on the device, augmented."""
-        self.sampler.epoch = epoch
         generator = None
         if self.train:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(int(np.random.default_rng([self.seed, epoch, 7]).integers(2**62)))
-        for batch in self._loader:
+        for batch in self.host_batches(epoch):
             yield self.to_device(batch, generator)
+
+    def host_batches(self, epoch: int) -> Iterator[Batch]:
+        """The batches of one epoch as read (the host half of `epoch`): CPU tensors, pinned
+        when the device is CUDA, frames still uint8 and unaugmented."""
+        self.sampler.epoch = epoch
+        yield from self._loader
 
     def to_device(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
         out: Batch = {}

@@ -3,6 +3,7 @@ run settings the speed work added (workers=auto, compile)."""
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -31,7 +32,11 @@ def test_speed_prints_the_table_and_writes_the_json(tmp_path, synth, data_root):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("speed on synth: device cpu, batch 32, 2 timed steps")
-    assert lines[1].startswith("loader alone: ")
+    assert re.fullmatch(
+        r"loader alone: [\d,]+ samples/s \([\d.]+x the fastest step; its reads alone "
+        r"[\d,]+ samples/s\)",
+        lines[1],
+    ), lines[1]
     assert lines[2].split() == ["method", "step/s", "ratio", "end-to-end/s", "ratio"] + [
         "host", "sync", "in", "step"
     ]  # fmt: skip
