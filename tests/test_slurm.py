@@ -177,7 +177,9 @@ def test_cancelled_task_is_failed_in_status_and_relaunch_resumes_it(
     slurm_cluster, synth, data_root, tmp_path
 ):
     results = tmp_path / "results"
-    epochs = 12
+    # ~0.3 s per synth epoch: enough left after the second one that the run cannot finish
+    # in the seconds scancel takes (KillWait=2 in the test cluster).
+    epochs = 40
     args = run_args(results, data_root, "--method", "joint", "--dataset", "synth")
     args += ["--epochs", str(epochs), "--launcher", "slurm", "--profile", "local"]
     [cfg] = plan_grid(["joint"], ["synth"], [0], {"epochs": epochs}, data_root)
