@@ -2,7 +2,8 @@
 
 Three measurements in one process, on one dataset, device and batch size:
 
-(a) loader alone: train batches read, moved to the device and augmented there;
+(a) loader alone: train batches read, moved to the device and augmented there (and,
+    reported beside it, the reads alone: `Loader.host_batches`);
 (b) `update` per method on one batch already on the device (the step alone), the same
     batch for every method, under bf16 autocast on CUDA as in the engine; two steps after
     the warm-up run under `benchmark.host_sync.no_host_sync` (on CUDA
