@@ -2,8 +2,11 @@
 hyper-parameters, each with a default, overridable by `--set key=value`.
 
 Precedence (lowest first): RUN_DEFAULTS < the dataset's defaults < the method's
-`paper_settings` (protocol "paper" only) < `--set`; method hyper-parameters: the
-method's `defaults` < its `presets[dataset]` < `--set`. Unknown keys are errors.
+`paper_settings` (protocol "paper" only) < its `variant_paper_settings[variant]` (protocol
+"paper" only) < `--set`; method hyper-parameters: the method's `defaults` < its
+`presets[dataset]` < `variant_defaults[variant]` < `variant_presets[variant][dataset]` <
+`--set`, where `variant` is the run's value of the method's `variant` key (from `--set` or
+the defaults). Unknown keys are errors.
 """
 
 from __future__ import annotations
@@ -146,10 +149,16 @@ def resolve(
     if unknown:  # a dataset module's mistake, not the user's
         raise RuntimeError(f"dataset {dataset} sets unknown run settings {sorted(unknown)}")
     settings = {**RUN_DEFAULTS, **dataset_defaults}
+    hp = {**cls.defaults, **cls.presets.get(dataset, {})}
+    variant = overrides.get("variant", hp.get("variant"))
+    if isinstance(variant, str):
+        hp.update(cls.variant_defaults.get(variant, {}))
+        hp.update(cls.variant_presets.get(variant, {}).get(dataset, {}))
     protocol = overrides.get("protocol", settings["protocol"])
     if protocol == "paper":
         settings.update(cls.paper_settings)
-    hp = {**cls.defaults, **cls.presets.get(dataset, {})}
+        if isinstance(variant, str):
+            settings.update(cls.variant_paper_settings.get(variant, {}))
     for key, value in overrides.items():
         if key in settings:
             _check_value(key, RUN_DEFAULTS[key], value)

@@ -54,12 +54,21 @@ class StepInfo:
 class Method(nn.Module):
     """Base class. Subclasses set `defaults` (paper values of their hyper-parameters),
     optionally `presets` ({dataset: {key: value}}) and `paper_settings` (the run settings
-    of their paper's protocol), and implement `update` and `predict`."""
+    of their paper's protocol), and implement `update` and `predict`.
+
+    A method with a `variant` hyper-parameter (e.g. "paper" | "official") may layer values
+    that hold for one variant only: `variant_defaults` ({variant: {key: value}}),
+    `variant_presets` ({variant: {dataset: {key: value}}}) and `variant_paper_settings`
+    ({variant: {setting: value}}, protocol "paper" only). benchmark/config.py applies them
+    in that order, above the plain defaults, presets and paper settings and below `--set`."""
 
     name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]] = {}
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     paper_settings: ClassVar[dict[str, Any]] = {}
+    variant_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    variant_presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
+    variant_paper_settings: ClassVar[dict[str, dict[str, Any]]] = {}
     min_modalities: ClassVar[int] = 1
 
     def __init__(
