@@ -123,7 +123,7 @@ def grads_of(m):
     return [p.grad.clone() if p.grad is not None else None for p in m.parameters()]
 
 
-@pytest.mark.parametrize("muted_pass", ["fast", "official"])
+@pytest.mark.parametrize("muted_pass", ["fast", "eval"])
 @pytest.mark.parametrize("fusion", ["concat", "film"])
 def test_phi_sum_is_fused_logits(muted_pass, fusion):
     m = make({"muted_pass": muted_pass}, {"fusion": fusion})
@@ -190,7 +190,7 @@ def test_unit_coefficients_give_joint_gradients(monkeypatch):
         assert torch.allclose(x, y, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("muted_pass", ["fast", "official"])
+@pytest.mark.parametrize("muted_pass", ["fast", "eval"])
 @pytest.mark.parametrize("fusion", ["concat", "gated"])
 def test_one_zero_sample_matches_batched_passes(muted_pass, fusion):
     """The shortcut (one all-zero sample per encoder, broadcast) against the plain batched
@@ -208,11 +208,11 @@ def test_one_zero_sample_matches_batched_passes(muted_pass, fusion):
     _, phi_a, phi_v = m.responses(batch, out)
     fast = torch.autograd.grad((w_a * phi_a).sum() + (w_v * phi_v).sum(), params, retain_graph=True)
 
-    # Batched reference: whole-batch zero inputs (and, for "official", the present
+    # Batched reference: whole-batch zero inputs (and, for "eval", the present
     # modality re-encoded in eval mode), two separate head calls.
     with eval_mode(m.encoders):
         zeros = {k: m.encoders[k](torch.zeros_like(batch[k])) for k in ("audio", "visual")}
-        present = m.features(batch) if muted_pass == "official" else out["features"]
+        present = m.features(batch) if muted_pass == "eval" else out["features"]
     f_a0, _ = m.head({"audio": present["audio"], "visual": zeros["visual"]})
     f_0v, _ = m.head({"audio": zeros["audio"], "visual": present["visual"]})
     ref_a, ref_v = shapley_responses(out["fused"], f_a0, f_0v)
@@ -224,7 +224,7 @@ def test_one_zero_sample_matches_batched_passes(muted_pass, fusion):
 
 
 def test_muted_passes_leave_bn_stats_and_modes_alone():
-    m = make({"muted_pass": "official"})
+    m = make({"muted_pass": "eval"})
     batch = make_batch()
     m.train()
     m.encoders["visual"].net[1].eval()  # a submodule's own flag must survive
@@ -292,15 +292,136 @@ def test_configuration_errors():
         make(n_mod=1)
     with pytest.raises(MethodConfigError, match="muted_pass"):
         make({"muted_pass": "slow"})
+    with pytest.raises(MethodConfigError, match="variant"):
+        make({"variant": "authors"})
+    with pytest.raises(MethodConfigError, match="muted_pass=fast"):
+        make({"variant": "official", "muted_pass": "fast"})
+    with pytest.raises(MethodConfigError, match="modulation_end"):
+        make({"modulation_end": -2})
     with pytest.raises(MethodConfigError, match="unknown hyper-parameter"):
         make({"beta": 1.0})
 
 
 def test_presets_and_paper_settings():
     cfg = resolve("agm", "cremad", "/nowhere", {}, 0, {"protocol": "paper"})
-    assert cfg.hp == {"alpha": 1.5, "clip": 10.0, "grad_clip_norm": 1.0, "muted_pass": "fast"}
+    assert cfg.hp == {
+        "alpha": 1.5,
+        "clip": 10.0,
+        "grad_clip_norm": 1.0,
+        "muted_pass": "eval",
+        "variant": "paper",
+        "modulation_start": 0,
+        "modulation_end": -1,
+    }
     assert cfg.settings["optimizer"] == "sgd" and cfg.settings["lr"] == 1e-3
     assert cfg.settings["momentum"] == 0.9 and cfg.settings["weight_decay"] == 1e-4
+
+
+def test_official_presets():
+    """The official variant's window and per-dataset bounds; --set still wins."""
+    ave = resolve("agm", "ave", "/nowhere", {}, 0, {"variant": "official"}).hp
+    assert ave["clip"] == float("inf") and ave["grad_clip_norm"] == 0.0  # AVE_main: neither
+    assert ave["modulation_end"] == 19 and ave["muted_pass"] == "eval"
+    cremad = resolve("agm", "cremad", "/nowhere", {}, 0, {"variant": "official"}).hp
+    assert cremad["clip"] == 10.0 and cremad["grad_clip_norm"] == 1.0
+    assert resolve("agm", "ave", "/nowhere", {}, 0, {}).hp["clip"] == 10.0  # paper: no preset
+    mine = {"variant": "official", "clip": 3.0, "modulation_end": 5}
+    hp = resolve("agm", "ave", "/nowhere", {}, 0, mine).hp
+    assert hp["clip"] == 3.0 and hp["modulation_end"] == 5
+
+
+def eval_mode_scores(m, batch):
+    """(CE^a, CE^v) from explicit batched muted passes with the encoders in eval mode: the
+    rule of METHODS.md, written out without the method's shortcuts."""
+    with torch.no_grad():
+        fused, _ = m.head(m.features(batch))  # train mode: the main pass
+        with eval_mode(m.encoders):
+            z = m.features(batch)
+            zeros = {k: m.encoders[k](torch.zeros_like(batch[k])) for k in ("audio", "visual")}
+        f_a0, _ = m.head({"audio": z["audio"], "visual": zeros["visual"]})
+        f_0v, _ = m.head({"audio": zeros["audio"], "visual": z["visual"]})
+    phi_a, phi_v = shapley_responses(fused, f_a0, f_0v)
+    return mono_scores(phi_a, batch["label"]), mono_scores(phi_v, batch["label"])
+
+
+def method_scores(m, batch):
+    with torch.no_grad():
+        out = m.forward_heads(batch)
+        _, phi_a, phi_v = m.responses(batch, out)
+    return mono_scores(phi_a, batch["label"]), mono_scores(phi_v, batch["label"])
+
+
+def test_default_scores_are_the_eval_mode_rule():
+    """The default muted passes give the scores of explicit eval-mode passes; `fast`
+    (train-mode features of the present modality) gives others once BatchNorm's running
+    statistics have moved away from the batch's."""
+    m = make()
+    assert m.hp["muted_pass"] == "eval"
+    batch = make_batch()
+    warm_up_bn(m, helpers.make_batch(seed=7))  # running statistics of another batch
+    m.train()
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    want = eval_mode_scores(m, batch)
+    m.load_state_dict(state)
+    got = method_scores(m, batch)
+    for x, y in zip(got, want, strict=True):
+        assert torch.allclose(x, y, rtol=1e-5, atol=1e-6)
+    fast = make({"muted_pass": "fast"})
+    fast.load_state_dict(state)
+    fast.train()
+    other = method_scores(fast, batch)
+    assert max(abs(x - y).item() for x, y in zip(other, want, strict=True)) > 1e-3
+
+
+def test_official_first_kappa_uses_unit_reference():
+    """Official variant, step 0: CE-bar = 0, so r-bar = 1 and kappa^a = exp(alpha min(1 -
+    r^a, clip)), not 1 as in the paper variant."""
+    m = make({"variant": "official"})
+    batch = make_batch()
+    m.train()
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    ce_a, ce_v = method_scores(m, batch)
+    m.load_state_dict(state)
+    logs = m.update(batch, STEP)
+    r_a = torch.exp(ce_v - ce_a).double()
+    assert logs["rbar_audio"].item() == 1.0 and logs["rbar_visual"].item() == 1.0
+    want = torch.exp(1.5 * (1 - r_a).clamp(max=10.0))
+    assert logs["kappa_audio"].item() == pytest.approx(want.item(), rel=1e-5)
+    assert abs(logs["kappa_audio"].item() - 1.0) > 1e-4  # the first step is modulated
+
+
+def test_window_keeps_the_last_kappa():
+    """After ``modulation_end`` kappa is no longer recomputed: the hooks keep the last value
+    (official code); the running reference goes on."""
+    m = make({"variant": "official", "modulation_end": 0})
+    m.train()
+    last = None
+    for i in range(3):
+        logs = m.update(helpers.make_batch(seed=10 + i), StepInfo(epoch=0, step=i, batch=i))
+        assert last is None or logs["kappa_audio"].item() != last  # recomputed in the window
+        last = logs["kappa_audio"].item()
+    for i in range(3, 6):
+        t_before = m.t.item()
+        logs = m.update(helpers.make_batch(seed=10 + i), StepInfo(epoch=1, step=i, batch=i - 3))
+        assert logs["kappa_audio"].item() == last and logs["kappa_visual"].item() == m.kappa[1]
+        assert m.t.item() == t_before + 1  # CE-bar is still updated
+    # the applied coefficients are the kept ones: the hook scales phi^a's gradient by `last`
+    batch = make_batch()
+    out = m.forward_heads(batch)
+    loss, _ = m.compute_loss(batch, out, StepInfo(epoch=1, step=6, batch=3))
+    _, phi_a, phi_v = m.responses(batch, out)
+    s = phi_a + phi_v
+    (g,) = torch.autograd.grad(cross_entropy(s, batch["label"]), s)
+    head_w = m.head.fc.weight
+    (got,) = torch.autograd.grad(loss, head_w, retain_graph=True)
+    ref = torch.autograd.grad(phi_a, head_w, last * g, retain_graph=True)[0]
+    ref = ref + torch.autograd.grad(phi_v, head_w, m.kappa[1].item() * g)[0]
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-7)
+    # before the window starts: kappa = 1
+    late = make({"modulation_start": 2})
+    late.train()
+    logs = late.update(make_batch(), STEP)
+    assert logs["kappa_audio"].item() == 1.0 and logs["kappa_visual"].item() == 1.0
 
 
 def test_end_to_end_synth(tmp_path):
