@@ -35,13 +35,26 @@ Options (``--set key=value``):
   this benchmark's choice.
 - ``proto_momentum`` (0.0): eps of Eq. 12 (0.0 as in the authors' scripts; their argparse
   default is 0.2).
-- ``proto_fraction`` (0.1): the fraction of the train split the prototypes are computed on
-  (a fixed, seeded, stratified subset, evaluation transform).
+- ``proto_fraction`` (0.1): the fraction of the prototype split the prototypes are computed
+  on (a fixed, seeded, stratified subset, evaluation transform).
+- ``proto_split`` ("train"): the split the prototypes are computed on, "train" or "val".
+  The official code uses the validation split for AVE and CG-MNIST (main_Prototype_grad.py
+  :426, :534-537, :551-555); the official variant's ``ave`` preset therefore sets "val"
+  (with ``proto_fraction`` 1.0: the official code reads all of it). With "val" the
+  validation labels shape training, so the validation accuracy that selects the model is
+  no longer a held-out estimate: the run's config.json records ``proto_split``, and test
+  numbers remain the only untouched ones.
 - ``variant`` ("paper"): "official" reproduces the official code: binary weights (the
   slower modality's PCE weight is alpha, the other's 0; both 0 at rho = 1), no PER, and
   PCE only in epochs 0..``modulation_end``; afterwards the loss is CE(fused, y).
 - ``modulation_end`` (70): last epoch (0-based, inclusive) with PCE in the official variant;
   unused by the paper variant.
+
+The official variant also blends prototypes as the official code does: its computation
+after epoch 0 is called with epoch = 0 again (main_Prototype_grad.py:435-440, :534-539), so
+with ``proto_momentum`` > 0 the first TWO computations (here: at the start of epochs 0 and
+1) take the class means as they are, and Eq. 12 applies from the third on. The paper
+variant blends from the second on.
 
 Other differences of the official code: it computes prototypes on the first tenth of the
 batches of the shuffled training loader (a new subset every epoch, train augmentation),
@@ -69,6 +82,7 @@ from methods.joint import Joint
 from methods.registry import MethodConfigError, register_method
 
 VARIANTS = ("paper", "official")
+PROTO_SPLITS = ("train", "val")
 
 
 def class_sums(
@@ -153,7 +167,9 @@ class PMR(Joint):
         "proto_fraction": 0.1,
         "variant": "paper",
         "modulation_end": 70,
+        "proto_split": "train",
     }
+    variant_presets = {"official": {"ave": {"proto_split": "val", "proto_fraction": 1.0}}}
     paper_settings = {
         "optimizer": "sgd",
         "lr": 1e-3,
@@ -174,6 +190,11 @@ class PMR(Joint):
             raise MethodConfigError(
                 f"unknown variant {self.hp['variant']!r}; choose one of {', '.join(VARIANTS)}"
             )
+        if self.hp["proto_split"] not in PROTO_SPLITS:
+            raise MethodConfigError(
+                f"unknown proto_split {self.hp['proto_split']!r}; choose one of "
+                f"{', '.join(PROTO_SPLITS)}"
+            )
         if not 0 < self.hp["proto_fraction"] <= 1:
             raise MethodConfigError(
                 f"proto_fraction must be in (0, 1], got {self.hp['proto_fraction']!r}"
@@ -190,14 +211,16 @@ class PMR(Joint):
 
     # -- Eqs. 6 and 12: prototypes at every epoch start -----------------------------
     @torch.no_grad()
-    def compute_prototypes(self, data: BatchSource) -> None:
+    def compute_prototypes(self, data: BatchSource, epoch: int) -> None:
+        """Eqs. 6 and 12 at the start of `epoch` (0-based)."""
         was_training = self.training
         self.eval()
         dims = {m: self.prototype(m).shape[1] for m in self.modalities}
         device = self.prototype_seen.device
         sums = {m: torch.zeros(self.num_classes, d, device=device) for m, d in dims.items()}
         counts = torch.zeros(self.num_classes, device=device)
-        for batch in data.batches("train", fraction=self.hp["proto_fraction"], augment=False):
+        split, fraction = self.hp["proto_split"], self.hp["proto_fraction"]
+        for batch in data.batches(split, fraction=fraction, augment=False):
             # the same bf16 autocast as the engine's training steps on CUDA
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 feats = self.features(batch)
@@ -206,11 +229,15 @@ class PMR(Joint):
                 s, c = class_sums(feats[m].float(), labels, self.num_classes)
                 sums[m] += s
             counts += c  # the same labels for every modality
+        # The official code passes epoch 0 to its first two computations: no blending.
+        blend = self.prototype_seen
+        if self.hp["variant"] == "official" and epoch < 2:
+            blend = torch.zeros_like(blend)
         for m in self.modalities:
             self.prototype(m).copy_(
                 update_prototypes(
                     self.prototype(m),
-                    self.prototype_seen,
+                    blend,
                     sums[m],
                     counts,
                     self.hp["proto_momentum"],
@@ -221,7 +248,7 @@ class PMR(Joint):
 
     def on_epoch_start(self, epoch: int, data: BatchSource) -> None:
         super().on_epoch_start(epoch, data)
-        self.compute_prototypes(data)
+        self.compute_prototypes(data, epoch)
 
     # -- Eqs. 7-11, 13: the loss ----------------------------------------------------
     def compute_loss(

@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import FixedSource, make_method
 
+from benchmark.config import resolve
 from methods import MethodConfigError, StepInfo
 from methods.pmr import class_sums, prototype_logits, rebalance_coefficients, update_prototypes
 
@@ -136,6 +137,42 @@ def test_prototype_momentum_and_absent_classes_across_epochs() -> None:
     torch.testing.assert_close(new[2], z[1])  # first seen now: the mean itself
 
 
+def test_official_variant_leaves_the_first_two_computations_unblended() -> None:
+    """The official code passes epoch 0 to its first two prototype computations, so with a
+    momentum the prototypes computed at the start of epochs 0 and 1 are plain class means;
+    Eq. 12 blends from epoch 2 on."""
+    method = make({"proto_momentum": 0.5, "variant": "official"})
+    labels = torch.tensor([0, 1, 0, 1])
+    sources = [FixedSource([batch(4, seed=s, labels=labels)]) for s in (2, 4, 6)]
+
+    def means(source):
+        method.eval()
+        with torch.no_grad():
+            z = method.features(source._batches[0])["audio"]
+        return torch.stack([z[[0, 2]].mean(dim=0), z[[1, 3]].mean(dim=0)])
+
+    method.on_epoch_start(0, sources[0])
+    method.on_epoch_start(1, sources[1])
+    torch.testing.assert_close(method.prototype("audio")[:2], means(sources[1]))  # unblended
+    old = method.prototype("audio")[:2].clone()
+    method.on_epoch_start(2, sources[2])
+    torch.testing.assert_close(method.prototype("audio")[:2], 0.5 * old + 0.5 * means(sources[2]))
+
+
+def test_proto_split_val_and_the_official_ave_preset() -> None:
+    method = make({"proto_split": "val", "proto_fraction": 1.0})
+    source = FixedSource([batch(4, seed=2, labels=torch.tensor([0, 1, 0, 1]))])
+    method.on_epoch_start(0, source)
+    assert source.calls == [("val", 1.0, False)]
+    ave = resolve("pmr", "ave", "/nowhere", {}, 0, {"variant": "official"}).hp
+    assert ave["proto_split"] == "val" and ave["proto_fraction"] == 1.0
+    assert resolve("pmr", "ave", "/nowhere", {}, 0, {}).hp["proto_split"] == "train"
+    assert (
+        resolve("pmr", "cremad", "/nowhere", {}, 0, {"variant": "official"}).hp["proto_split"]
+        == "train"
+    )
+
+
 # A hand-made forward output: D = 1, two classes, two samples with labels [0, 1].
 #   audio prototypes (0), (2); features 1, 1 -> logits [-1, -1]: softmax (.5, .5), s_a = 1,
 #     PCE_a = ln 2, H_a = ln 2.
@@ -233,5 +270,8 @@ def test_config_errors_and_defaults() -> None:
         "proto_fraction": 0.1,
         "variant": "paper",
         "modulation_end": 70,
+        "proto_split": "train",
     }
     assert cls.paper_settings["frames"] == 3
+    with pytest.raises(MethodConfigError, match="proto_split"):
+        make({"proto_split": "test"})
