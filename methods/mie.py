@@ -56,13 +56,21 @@ Options (`--set key=value`), defaults in brackets:
 - per-tensor perturbation eps_t = rho g_t / ||g_t|| with g = grad L_mix, added to every
   tensor of theta^j and never removed;
 - loss (1 - beta) L_mix + beta CE(h^j_{theta+eps}(z~), y): the perturbed head is applied to
-  the same features z~ (the encoder is not re-run, as in the official code), so the encoder
-  perturbation only moves the starting point of the step;
+  the same features z~ (the encoder is not re-run, as in the official code);
 - T applied to every Linear weight of h^j, matched by weight shape against every Linear
-  layer of h^k (several matches apply in turn, as in the official loop).
-Use it with ``rho=1e-10`` (the official `noise_ratio`/`noise_ratio_cls`): ``rho`` keeps one
-default for both variants, and a warning says so when the official variant runs with
-another rho (with a large rho a never-removed perturbation drifts the weights).
+  layer of h^k (several matches apply in turn, as in the official loop);
+- with ``protocol=paper``, batch 12 (configs/crema.json and kinetics_sound.json), on top of
+  the paper protocol's optimiser.
+What this reproduces, and at which rho: the official code adds eps to the weights'
+``.data`` after the forward pass and then back-propagates the combined loss through the
+graph of that pass, so wherever a layer's backward reads its weight (the gradient passed
+to its input) it reads theta + eps, while the activations are those at theta. Here the
+gradient of L_mix is taken before the perturbation and the encoder's backward reads theta.
+The two differ by O(rho): at the official rho = 1e-10 they agree to float32 rounding (every
+weight of ordinary size is unchanged by eps), at rho = 0.05 the parameters differ by about
+1.4e-3 per step. So ``variant=official`` reproduces the official step only at rho = 1e-10;
+``rho`` keeps one default for both variants, and a warning says so when the official variant
+runs with another rho (a never-removed perturbation also drifts the weights at large rho).
 
 Where this implementation differs from the official code (in both variants): the official
 code computes Ybar once per stage, from an evaluation-mode pass over the whole training set
@@ -257,6 +265,7 @@ class MIE(Method):
         "momentum": 0.9,
         "weight_decay": 1e-4,
     }
+    variant_paper_settings = {"official": {"batch_size": 12}}  # configs/crema.json
     min_modalities = 2
 
     def __init__(self, encoders, num_classes, hp, ctx) -> None:

@@ -235,3 +235,20 @@ def test_bad_options_raise(hp):
 def test_official_variant_warns_about_rho():
     with pytest.warns(UserWarning, match="rho=1e-10"):
         build(variant="official")
+
+
+def test_official_paper_protocol_uses_the_official_batch():
+    """The official configs (crema.json, kinetics_sound.json) train with batch 12: the paper
+    protocol of the official variant reads it; the paper variant keeps the run's batch."""
+    from benchmark.config import resolve
+
+    official = resolve(
+        "mie", "cremad", "/nowhere", {}, 0, {"protocol": "paper", "variant": "official"}
+    )
+    assert official.settings["batch_size"] == 12 and official.settings["lr"] == 1e-2
+    paper = resolve("mie", "cremad", "/nowhere", {}, 0, {"protocol": "paper"})
+    assert paper.settings["batch_size"] == 64
+    bench = resolve("mie", "cremad", "/nowhere", {}, 0, {"variant": "official"})
+    assert bench.settings["batch_size"] == 64  # the benchmark protocol: same for all methods
+    mine = {"protocol": "paper", "variant": "official", "batch_size": 32}
+    assert resolve("mie", "cremad", "/nowhere", {}, 0, mine).settings["batch_size"] == 32
