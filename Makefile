@@ -19,7 +19,7 @@ WORKERS ?=
 RECIPE ?=
 
 # g++: torch.compile's CPU backend builds its kernels with it (compile=true, and a test).
-DEBIAN_PACKAGES := espeak-ng ffmpeg sox munge slurmctld slurmd slurm-client slurmdbd mariadb-server g++
+DEBIAN_PACKAGES := espeak-ng dataset-fashion-mnist ffmpeg sox munge slurmctld slurmd slurm-client slurmdbd mariadb-server g++
 
 BENCH_ARGS := --method $(METHOD) --dataset $(DATASET) --seeds $(SEEDS) --launcher $(LAUNCHER) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(PROFILE),--profile $(PROFILE)) \
@@ -31,7 +31,7 @@ install: system-packages $(STAMP)
 
 # As root on Debian, install the programs the suite calls (espeak-ng for avdigits, ffmpeg
 # for `prepare`, Slurm + munge + MariaDB for the single-node test cluster, g++ for
-# torch.compile on the CPU). Elsewhere,
+# torch.compile on the CPU, dataset-fashion-mnist for cgfashion). Elsewhere,
 # print what is missing and carry on: the Python part still installs.
 system-packages:
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \

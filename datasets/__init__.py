@@ -16,7 +16,7 @@ from datasets.registry import (
     register_dataset,
 )
 
-_DATASET_MODULES = ("synth", "avdigits", "cremad", "ks", "ave", "vggsound")
+_DATASET_MODULES = ("synth", "avdigits", "cgfashion", "cremad", "ks", "ave", "vggsound")
 
 for _module in _DATASET_MODULES:
     importlib.import_module(f"datasets.{_module}")
