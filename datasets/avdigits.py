@@ -8,10 +8,12 @@ Recipe (every parameter is recorded in meta.json):
    split only.
 2. Voices: a *voice configuration* is (eSpeak NG base voice, voice variant, speaking rate
    ``-s``, pitch ``-p``), e.g. ``en-gb-x-rp+f3_s150_p40``. The English base voices
-   installed (regional accents) are split between train/val/test first (disjoint base
-   voices when at least three are installed); each split then draws its own
-   configurations from the grid of its base voices x variants x rates x pitches, so no
-   configuration (and no base voice) is heard in two splits.
+   installed (regional accents) are split 60/40 between train and a held-out pool
+   (disjoint when at least two are installed). Train draws its configurations from the
+   grid of its base voices x variants x rates x pitches; val and test draw theirs from
+   the held-out grid, dealt at random between the two, so val and test hear the same
+   unseen voices' distribution (and no configuration twice) while train voices stay
+   unheard at evaluation.
 3. Pairing: each image is paired with ``pairs_per_image`` utterances of its own label
    ("zero".."nine"), each from a different configuration of its split (seeded). Rows are
    image-major; N = images x pairs_per_image; ids read
@@ -153,37 +155,45 @@ def config_name(voice: str, variant: str, rate: int, pitch: int) -> str:
 def split_voice_configs(
     base_voices: list[str], n_configs: int, seed: int
 ) -> tuple[dict[str, list[str]], dict[str, list[tuple[str, str, int, int]]]]:
-    """Split base voices between the splits (disjoint when there are >= 3), then draw each
-    split's share of `n_configs` configurations from its own grid, without repeats."""
+    """Voice configurations per split: train's from the train base voices, val's and
+    test's from ONE held-out pool.
+
+    Base voices are split between train (60%) and held-out (40%), disjoint when at least
+    two are installed (otherwise shared, with disjoint configurations). Train draws its
+    share of `n_configs` from its grid; the evaluation share (val + test) is drawn from the
+    held-out grid and dealt at random between val and test, so val and test are two
+    samples of the same unseen-voice distribution and selecting on val says something
+    about test. No configuration is in two splits."""
     rng = np.random.default_rng([seed, 1])
     voices = [base_voices[i] for i in rng.permutation(len(base_voices))]
-    if len(voices) >= 3:
-        n_val = n_test = max(1, round(len(voices) * SPLIT_FRACTIONS["val"]))
-        n_train = len(voices) - n_val - n_test
-        split_voices = {
-            "train": voices[:n_train],
-            "val": voices[n_train : n_train + n_val],
-            "test": voices[n_train + n_val :],
-        }
-    else:  # too few accents: share base voices, configurations stay disjoint
-        split_voices = dict.fromkeys(SPLIT_FRACTIONS, voices)
+    if len(voices) >= 2:
+        n_held = max(1, round(len(voices) * (1 - SPLIT_FRACTIONS["train"])))
+        train_voices, held_voices = voices[: len(voices) - n_held], voices[len(voices) - n_held :]
+    else:  # one accent: shared base voice, configurations stay disjoint
+        train_voices = held_voices = voices
     counts = {s: max(1, round(n_configs * f)) for s, f in SPLIT_FRACTIONS.items()}
-    grid = {
-        s: list(itertools.product(sorted(v), VARIANTS, RATES, PITCHES))
-        for s, v in split_voices.items()
+    train_grid = list(itertools.product(sorted(train_voices), VARIANTS, RATES, PITCHES))
+    train_pick = sorted(rng.choice(len(train_grid), size=counts["train"], replace=False))
+    train_configs = [train_grid[i] for i in train_pick]
+    taken = set(train_configs)
+    held_grid = [
+        c
+        for c in itertools.product(sorted(held_voices), VARIANTS, RATES, PITCHES)
+        if c not in taken
+    ]
+    n_eval = counts["val"] + counts["test"]
+    if max(counts["train"], n_eval) > min(len(train_grid), len(held_grid)):
+        raise DatasetError(
+            f"avdigits: n_configs={n_configs} asks for more voice configurations than the "
+            f"{len(train_grid)} train / {len(held_grid)} held-out ones available; lower n_configs"
+        )
+    held_pick = rng.choice(len(held_grid), size=n_eval, replace=False)  # random order: dealt
+    configs = {
+        "train": train_configs,
+        "val": sorted(held_grid[i] for i in held_pick[: counts["val"]]),
+        "test": sorted(held_grid[i] for i in held_pick[counts["val"] :]),
     }
-    configs: dict[str, list[tuple[str, str, int, int]]] = {}
-    taken: set[tuple[str, str, int, int]] = set()
-    for s in SPLIT_FRACTIONS:
-        pool = [c for c in grid[s] if c not in taken]  # shared voices: keep configs disjoint
-        if counts[s] > len(pool):
-            raise DatasetError(
-                f"avdigits: {counts[s]} {s} voice configurations asked for (n_configs="
-                f"{n_configs}), only {len(pool)} available; lower n_configs"
-            )
-        pick = sorted(rng.choice(len(pool), size=counts[s], replace=False))
-        configs[s] = [pool[i] for i in pick]
-        taken.update(configs[s])
+    split_voices = {"train": train_voices, "val": held_voices, "test": held_voices}
     return split_voices, configs
 
 

@@ -112,7 +112,12 @@ def test_images_and_voices_disjoint_across_splits(clean: PreparedDataset) -> Non
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         assert not images[a] & images[b]
         assert not configs[a] & configs[b]
-        assert not voices[a] & voices[b]
+    # train voices are never heard at evaluation; val and test share one held-out pool
+    assert not voices["train"] & (voices["val"] | voices["test"])
+    assert clean.meta["base_voices"]["val"] == clean.meta["base_voices"]["test"]
+    held = set(clean.meta["base_voices"]["val"])
+    assert voices["val"] <= held and voices["test"] <= held
+    assert len(voices["val"] | voices["test"]) > 1  # more than one unseen voice evaluated
     # each image's two utterances come from two different configurations
     by_image: dict[int, list[str]] = {}
     for m in parsed:
