@@ -9,6 +9,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sys
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,7 +84,11 @@ def open_dataset(ref: str, root: Path) -> tuple[PreparedDataset, dict[str, Any]]
                 )
             with _lock(root / f".{ref}.lock"):
                 if not (path / "meta.json").is_file():
+                    start = time.monotonic()
+                    print(f"{ref}: first use, generating it in {path} ...", file=sys.stderr)
                     spec.prepare(path, None, {})
+                    took = time.monotonic() - start
+                    print(f"{ref}: generated in {took:.0f} s", file=sys.stderr, flush=True)
         return PreparedDataset.open(path), dict(spec.defaults)
     path = Path(ref)
     if not path.exists():

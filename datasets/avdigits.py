@@ -56,6 +56,7 @@ import itertools
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import wave
 from pathlib import Path
@@ -229,6 +230,11 @@ def synthesise(
     wav = read_wav(wav_path)
     wav_path.unlink()
     return wav
+
+
+def note(message: str) -> None:
+    """A progress line on stderr (seen with or without a terminal, unlike a tqdm bar)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def synthesise_all(
@@ -456,7 +462,9 @@ def prepare(out_dir: Path, raw: Path | None, options: dict[str, Any]) -> None:
 
     # Audio: synthesise each (configuration, digit) once, then batch the features.
     all_configs = [c for s in SPLIT_FRACTIONS for c in split_configs[s]]
+    note(f"avdigits: synthesising {len(all_configs) * 10} utterances with espeak-ng")
     cache = synthesise_all(exe, all_configs)
+    note(f"avdigits: {opts['feature']} features and frames of {n} samples")
     length = round(opts["duration"] * SAMPLE_RATE)
     clean = {key: trim_silence(w) for key, w in cache.items()}
     power = {key: float(np.mean(w**2)) for key, w in clean.items()}
