@@ -43,7 +43,14 @@ from datasets.media import (
     load_frame_folder,
     pick_frames,
 )
-from datasets.prepared import ModalitySpec, PreparedWriter, atomic_save_npy, atomic_write_text
+from datasets.prepared import (
+    ModalitySpec,
+    PreparedWriter,
+    atomic_save_npy,
+    atomic_write_text,
+    check_space,
+    open_array,
+)
 from datasets.registry import DatasetError
 from datasets.spectrogram import audio_features, feature_shape
 
@@ -199,12 +206,9 @@ def _open_work(
             pass
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    arrays = {
-        m: np.lib.format.open_memmap(
-            work / f"{m}.npy", mode="w+", dtype=dtype, shape=(plan["n"], *shape)
-        )
-        for m, (shape, dtype) in shapes.items()
-    }
+    full = {m: ((plan["n"], *shape), dtype) for m, (shape, dtype) in shapes.items()}
+    check_space(work, full)
+    arrays = {m: open_array(work / f"{m}.npy", shape, dtype) for m, (shape, dtype) in full.items()}
     done = np.zeros(plan["n"], dtype=bool)
     atomic_save_npy(work / "done.npy", done)
     atomic_write_text(plan_file, json.dumps(plan))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from datasets import atomic
 from datasets.registry import DatasetError
 
 FORMAT_VERSION = 1
@@ -43,15 +43,38 @@ class ModalitySpec:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write `text` to `path` through a temporary file (DiskFullError on a full disk)."""
+    atomic.write_text(path, text)
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    """`np.save` to `path` through a temporary file (DiskFullError on a full disk)."""
+    atomic.save_npy(path, array)
+
+
+def open_array(path: Path, shape: tuple[int, ...], dtype: str) -> np.memmap:
+    """A new memory-mapped .npy array whose disk space is reserved now (DiskFullError
+    when it is not there, rather than a crash while it is filled)."""
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    try:
+        atomic.reserve(path, path.stat().st_size)
+    except atomic.DiskFullError:
+        del arr
+        raise
+    return arr
+
+
+def check_space(out_dir: Path, arrays: Mapping[str, tuple[tuple[int, ...], str]]) -> None:
+    """DiskFullError before anything is written when the arrays `{name: (shape, dtype)}`
+    cannot fit in `out_dir` (existing files of those names count as free: they are
+    replaced)."""
+    needed = 0
+    for name, (shape, dtype) in arrays.items():
+        path = out_dir / f"{name}.npy"
+        size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        needed += size - (path.stat().st_blocks * 512 if path.exists() else 0)
+    if needed > atomic.free_bytes(out_dir):
+        raise atomic.disk_full(out_dir, needed)
 
 
 def check_spec(name: str, spec: ModalitySpec) -> None:
@@ -93,11 +116,11 @@ class PreparedWriter:
     ) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "meta.json").unlink(missing_ok=True)
         self.name, self.classes, self.source = name, list(classes), source
         self.modalities = dict(modalities)
         self.num_samples = num_samples
         self.arrays: dict[str, np.memmap] = {}
+        new: dict[str, tuple[tuple[int, ...], str]] = {}
         for m, spec in self.modalities.items():
             check_spec(m, spec)
             path = self.out_dir / f"{m}.npy"
@@ -107,9 +130,11 @@ class PreparedWriter:
                 if arr.shape == shape and arr.dtype == np.dtype(spec.dtype):
                     self.arrays[m] = arr
                     continue
-            self.arrays[m] = np.lib.format.open_memmap(
-                path, mode="w+", dtype=spec.dtype, shape=shape
-            )
+            new[m] = (shape, spec.dtype)
+        check_space(self.out_dir, new)  # before the previous dataset is touched
+        (self.out_dir / "meta.json").unlink(missing_ok=True)
+        for m, (shape, dtype) in new.items():
+            self.arrays[m] = open_array(self.out_dir / f"{m}.npy", shape, dtype)
 
     def write(self, modality: str, rows: np.ndarray | slice | int, values: np.ndarray) -> None:
         self.arrays[modality][rows] = values
