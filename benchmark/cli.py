@@ -115,20 +115,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from benchmark.runstore import results_root
+    from benchmark.runstore import results_root, store_line
     from benchmark.submissions import SUBMISSIONS, dump_json, format_status, grid_statuses
 
     results = results_root(args.results)
     statuses = grid_statuses(results)
     if args.json:
         print(dump_json(statuses))
-    elif not statuses:
+        return 0
+    if not statuses:
         print(
             f"no submissions under {results / SUBMISSIONS} "
             "(grids run with --launcher slurm or --launcher local are listed here)"
         )
     else:
         print(format_status(statuses, args.log_lines))
+    line = store_line(results)
+    if line:
+        print(line)
     return 0
 
 

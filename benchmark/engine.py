@@ -273,7 +273,9 @@ def train_run(
             summary = finished_summary(cfg, directory, restart, rerun_stale)
             if summary is not None:
                 return summary
-            stale = rerun_stale and runstore.older_code(directory) is not None
+            # Here a summary.json is one to redo (older code, or damaged with restart).
+            finished = (directory / runstore.SUMMARY).is_file()
+            stale = rerun_stale and (finished or runstore.older_code(directory) is not None)
             if restart or stale:
                 runstore.discard(directory)
             return _train(cfg, directory, data_root, progress, on_epoch, extra_config)

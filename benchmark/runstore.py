@@ -199,6 +199,37 @@ def discard(directory: Path) -> None:
         (directory / name).unlink(missing_ok=True)
 
 
+def store_line(results: Path) -> str | None:
+    """One line on the whole run store for `status`: runs done (how many with older code,
+    by commit), unfinished, damaged; None when there is no run."""
+    done, unfinished, damaged = 0, 0, 0
+    older: dict[str, int] = {}
+    for directory in iter_run_dirs(results):
+        try:
+            summary = load_summary(directory)
+        except DamagedRunFile:
+            damaged += 1
+            continue
+        if summary is None:
+            unfinished += 1
+            continue
+        done += 1
+        commit = older_code(directory, summary)
+        if commit is not None:
+            older[commit] = older.get(commit, 0) + 1
+    if not done + unfinished + damaged:
+        return None
+    line = f"run store {results / 'runs'}: {done} done"
+    if older:
+        stale = sum(older.values())
+        commits = ", ".join(f"{c}" for c in sorted(older))
+        line += f" ({stale} with older code ({commits}): `run ... --rerun-stale` retrains them)"
+    line += f", {unfinished} unfinished"
+    if damaged:
+        line += f", {damaged} with a damaged summary.json (`run ... --restart` retrains them)"
+    return line
+
+
 def iter_run_dirs(results: Path) -> Iterator[Path]:
     """Every run directory (one with a config.json) under results/runs."""
     yield from sorted(p.parent for p in (results / "runs").glob(f"*/*/*/{CONFIG}"))
