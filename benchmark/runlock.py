@@ -104,20 +104,31 @@ def read_holder(path: Path) -> Holder | None:
 
 
 def slurm_job_state(job_id: str) -> str | None:
-    """The job's state ("RUNNING", "COMPLETED", ...), or None when Slurm cannot be asked."""
-    for cmd in (
-        ["squeue", "-h", "-j", job_id, "-o", "%T"],
-        ["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"],
-    ):
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        states = [s.split()[0] for s in out.stdout.split() if s.strip()]
-        if out.returncode == 0 and states:
-            return states[0].upper()
-        # squeue forgets ended jobs ("Invalid job id"): ask sacct next.
-    return "GONE"
+    """The job's state ("RUNNING", "COMPLETED", ...; "GONE" when Slurm no longer knows
+    it), or None when Slurm cannot be asked."""
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    states = out.stdout.split()
+    if out.returncode == 0 and states:
+        return states[0].upper()
+    if out.returncode != 0 and "invalid job id" not in out.stderr.lower():
+        return None  # no controller to ask: the job may well be running
+    # squeue forgets ended jobs: their final state is in sacct, where there is accounting.
+    try:
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "GONE"
+    states = out.stdout.split()
+    return states[0].upper() if out.returncode == 0 and states else "GONE"
 
 
 def stale_reason(holder: Holder) -> str | None:
