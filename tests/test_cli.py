@@ -203,3 +203,10 @@ def test_release_of_git_lfs_pointers_is_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "git-lfs pointer" in lines[0] and "git lfs pull" in lines[0]
     assert not (out / "meta.json").exists() and tree(out) == []
+
+
+def test_speed_on_a_missing_gpu_is_one_line(synth, data_root):
+    proc = run_cli("speed", "--device", "cuda:64", "--data-root", str(data_root))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--device cuda:64: this machine has" in lines[0]
