@@ -82,8 +82,9 @@ gpu-check:
 figures: install
 	$(PY) -m benchmark report
 
+# BENCH_VIA_MAKE: error messages name the make variables (RAW=...) instead of the flags.
 prepare: install
-	$(PY) -m benchmark prepare $(DATASET) $(if $(RAW),--raw $(RAW)) $(if $(WORKERS),--workers $(WORKERS)) \
+	BENCH_VIA_MAKE=1 $(PY) -m benchmark prepare $(DATASET) $(if $(RAW),--raw $(RAW)) $(if $(WORKERS),--workers $(WORKERS)) \
 		$(if $(RECIPE),--recipe $(RECIPE)) $(if $(strip $(SET)),--set $(SET))
 
 # A single-node Slurm cluster for trying --launcher slurm --profile local on this machine

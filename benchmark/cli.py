@@ -84,16 +84,30 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["device"] = args.device
     root, results = data_root(args.data_root), results_root(args.results)
     configs = plan_grid(args.method, args.dataset, args.seeds, overrides, root)
-    summaries = launch(configs, args.launcher, results, root, args.profile, wait=args.wait)
+    summaries = launch(
+        configs,
+        args.launcher,
+        results,
+        root,
+        args.profile,
+        wait=args.wait,
+        restart=args.restart,
+        rerun_stale=args.rerun_stale,
+    )
     if summaries:
         header = f"{'method':8s} {'dataset':10s} {'seed':>4s} {'best':>4s}"
         print(f"{header}  test accuracy at the best-val epoch")
         for cfg, s in zip(configs, summaries, strict=True):
+            row = f"{cfg.method:8s} {cfg.dataset:10s} {cfg.seed:4d}"
             if s is None:  # a submitted run that failed (reported above with its log)
-                print(f"{cfg.method:8s} {cfg.dataset:10s} {cfg.seed:4d} {'-':>4s}  not finished")
+                print(f"{row} {'-':>4s}  not finished")
+                continue
+            if s.get("status") == "busy":
+                print(f"{row} {'-':>4s}  being trained by {s['holder']} since {s['since']}")
                 continue
             accs = "  ".join(f"{h} {100 * s[f'test/{h}/acc']:.2f}" for h in s["heads"])
-            print(f"{cfg.method:8s} {cfg.dataset:10s} {cfg.seed:4d} {s['best_epoch']:4d}  {accs}")
+            older = f"  (done with older code ({s['older_code']}))" if "older_code" in s else ""
+            print(f"{row} {s['best_epoch']:4d}  {accs}{older}")
         print(f"runs in {results / 'runs'}")
         if any(s is None for s in summaries):
             return 1
@@ -101,20 +115,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from benchmark.runstore import results_root
+    from benchmark.runstore import results_root, store_line
     from benchmark.submissions import SUBMISSIONS, dump_json, format_status, grid_statuses
 
     results = results_root(args.results)
     statuses = grid_statuses(results)
     if args.json:
         print(dump_json(statuses))
-    elif not statuses:
+        return 0
+    if not statuses:
         print(
             f"no submissions under {results / SUBMISSIONS} "
             "(grids run with --launcher slurm or --launcher local are listed here)"
         )
     else:
         print(format_status(statuses, args.log_lines))
+    line = store_line(results)
+    if line:
+        print(line)
     return 0
 
 
@@ -218,6 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", help="results directory (default ./results or $BENCH_RESULTS)")
     p.add_argument("--data-root", help="prepared datasets (default ./data or $BENCH_DATA_ROOT)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard the partial state of unfinished or damaged runs and train them from "
+        "scratch (finished runs stay)",
+    )
+    p.add_argument(
+        "--rerun-stale",
+        action="store_true",
+        help="train again the runs that were finished with older code",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(

@@ -68,12 +68,16 @@ class RunConfig:
     seed: int
     settings: dict[str, Any] = field(default_factory=dict)
     hp: dict[str, Any] = field(default_factory=dict)
+    data_fingerprint: str = ""  # benchmark.fingerprint.data_fingerprint of the directory
 
     @property
     def run_id(self) -> str:
+        """A short hash of what the run computes: method, dataset name and content (its
+        fingerprint), seed, the settings that change results, hyper-parameters."""
         identity = {
             "method": self.method,
             "dataset": self.dataset,
+            "data": self.data_fingerprint,
             "seed": self.seed,
             "settings": {k: v for k, v in self.settings.items() if k not in NOT_IN_RUN_ID},
             "hp": self.hp,
@@ -142,6 +146,7 @@ def resolve(
     dataset_defaults: Mapping[str, Any],
     seed: int,
     overrides: Mapping[str, Any],
+    data_fingerprint: str = "",
 ) -> RunConfig:
     """The resolved config of one run; raises UserError/MethodConfigError on bad input."""
     cls = get_method_class(method)
@@ -173,4 +178,4 @@ def resolve(
                 f"{', '.join(sorted(cls.defaults)) or 'none'}"
             )
     _check_settings(settings)
-    return RunConfig(method, dataset, dataset_path, int(seed), settings, hp)
+    return RunConfig(method, dataset, dataset_path, int(seed), settings, hp, data_fingerprint)

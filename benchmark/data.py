@@ -41,6 +41,12 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def raw_flag() -> str:
+    """How the user names the release directory: "RAW=" under `make prepare` (the Makefile
+    sets BENCH_VIA_MAKE=1), else "--raw "."""
+    return "RAW=" if os.environ.get("BENCH_VIA_MAKE") == "1" else "--raw "
+
+
 def prepare_dataset(
     name: str,
     root: Path,
@@ -56,11 +62,20 @@ def prepare_dataset(
             f"unknown option(s) {', '.join(sorted(unknown))} for dataset {name!r}; "
             f"its options: {', '.join(sorted(spec.options)) or 'none'}"
         )
+    flag = raw_flag()
+    if spec.generated and raw is not None:
+        raise DatasetError(
+            f"dataset {name!r} is generated on this machine and reads no release: "
+            f"drop {flag.rstrip()}"
+        )
     if not spec.generated and raw is None:
-        raise DatasetError(f"dataset {name!r} is made from its release: give --raw DIR")
+        raise DatasetError(
+            f"dataset {name!r} is made from its release: give {flag}/path/to/release"
+            + (f" (make prepare DATASET={name} RAW=/path/to/release)" if flag == "RAW=" else "")
+        )
     if raw is not None and not Path(raw).is_dir():
         raise DatasetError(
-            f"raw directory {raw} does not exist; give the release's path with --raw"
+            f"raw directory {raw} does not exist; give the release's path with {flag}DIR"
         )
     out = Path(out_dir) if out_dir else root / name
     with _lock(out.parent / f".{out.name}.lock"):

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from benchmark import runstore
+from benchmark import runlock, runstore
 from benchmark.config import RunConfig
 from benchmark.data import RunData, open_dataset
+from benchmark.fingerprint import code_fingerprint
 from benchmark.metrics import classification_metrics
 from datasets import PreparedDataset
 from methods import Method, RunContext, StepInfo, create_encoder, create_method
@@ -48,9 +49,22 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+    """Every generator's state as tensors and plain values (a weights_only checkpoint)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {
+            "version": version,
+            "state": torch.tensor(internal, dtype=torch.int64),
+            "gauss": gauss,
+        },
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -59,8 +73,17 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    np.random.set_state(
+        (
+            npy["name"],
+            npy["keys"].numpy().astype(np.uint32),
+            npy["pos"],
+            npy["has_gauss"],
+            npy["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -186,6 +209,44 @@ def summarise(cfg: RunConfig, rows: list[dict[str, Any]], heads: list[str]) -> d
     return summary
 
 
+def _label(cfg: RunConfig) -> str:
+    return f"{cfg.method}/{cfg.dataset}/seed {cfg.seed}"
+
+
+def _note(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def finished_summary(
+    cfg: RunConfig, directory: Path, restart: bool = False, rerun_stale: bool = False
+) -> dict[str, Any] | None:
+    """The summary of a run that is not to be trained (done, by this code, or by older
+    code without `rerun_stale`), with a line saying so; None when it is to be trained.
+    A damaged summary.json is DamagedRunFile, or (with `restart`) a run to train."""
+    try:
+        summary = runstore.load_summary(directory)
+    except runstore.DamagedRunFile:
+        if restart:
+            return None
+        raise
+    if summary is None:
+        return None
+    older = runstore.older_code(directory, summary)
+    if older is None:
+        _note(
+            f"{_label(cfg)}: done already in {directory} (summary.json); not retrained "
+            "(use another --results to train it again)"
+        )
+        return summary
+    if rerun_stale:
+        return None
+    _note(
+        f"{_label(cfg)}: done with older code ({older}) in {directory}; not retrained "
+        "(--rerun-stale trains it again with this code)"
+    )
+    return {**summary, "older_code": older}
+
+
 def train_run(
     cfg: RunConfig,
     results: Path,
@@ -193,17 +254,87 @@ def train_run(
     progress: bool | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     extra_config: dict[str, Any] | None = None,
+    restart: bool = False,
+    rerun_stale: bool = False,
 ) -> dict[str, Any]:
-    """Train (or resume, or skip when finished) one run; return its summary."""
+    """Train (or resume, or skip when finished) one run; return its summary.
+
+    The run's lock (runlock.py) is held while it trains: when another live process holds
+    it, one line says who and the returned record has status "busy". `restart` discards
+    an unfinished or damaged run's state and trains it from scratch; `rerun_stale`
+    retrains a run finished by other code."""
     directory = runstore.run_dir(results, cfg)
-    summary = runstore.load_summary(directory)
+    summary = finished_summary(cfg, directory, restart, rerun_stale)
     if summary is not None:
-        print(
-            f"{cfg.method}/{cfg.dataset}/seed {cfg.seed}: done already in {directory} "
-            "(summary.json); not retrained (use another --results to train it again)",
-            file=sys.stderr,
-        )
         return summary
+    try:
+        with runlock.hold(directory, note=lambda line: _note(f"{_label(cfg)}: {line}")):
+            # Another process may have finished it between the look above and the lock.
+            summary = finished_summary(cfg, directory, restart, rerun_stale)
+            if summary is not None:
+                return summary
+            # Here a summary.json is one to redo (older code, or damaged with restart).
+            finished = (directory / runstore.SUMMARY).is_file()
+            stale = rerun_stale and (finished or runstore.older_code(directory) is not None)
+            if restart or stale:
+                runstore.discard(directory)
+            return _train(cfg, directory, data_root, progress, on_epoch, extra_config)
+    except runlock.RunLocked as exc:
+        holder = exc.holder
+        _note(
+            f"{_label(cfg)} is being trained by {holder.describe()} since {holder.started}; "
+            f"not started (lock: {directory / runlock.LOCK})"
+        )
+        return {
+            "method": cfg.method,
+            "dataset": cfg.dataset,
+            "seed": cfg.seed,
+            "run_id": cfg.run_id,
+            "status": "busy",
+            "holder": holder.describe(),
+            "since": holder.started,
+        }
+
+
+def _resume(cfg: RunConfig, directory: Path, method: Method) -> tuple[int, list[dict[str, Any]]]:
+    """Load checkpoint.pt into `method` and the RNGs; (first epoch to train, metrics rows
+    before it). (0, []) when there is no checkpoint."""
+    checkpoint = runstore.load_checkpoint(directory)
+    if checkpoint is None:
+        return 0, []
+    path = directory / runstore.CHECKPOINT
+    try:
+        method.load_training_state(checkpoint["method"])
+        set_rng_state(checkpoint["rng"])
+        start = int(checkpoint["epoch"]) + 1
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as exc:
+        problem = f"does not fit this run's model and optimisers ({runstore._first_line(exc)})"
+        raise runstore.DamagedRunFile(path, problem) from None
+    rows = [r for r in runstore.read_metrics(directory, _note) if r["epoch"] < start]
+    if [r["epoch"] for r in rows] != list(range(start)):
+        raise runstore.DamagedRunFile(
+            directory / runstore.METRICS,
+            f"holds epochs {[r['epoch'] for r in rows]} before checkpoint.pt's next epoch "
+            f"{start}, not 0..{start - 1}",
+        )
+    older = runstore.older_code(directory)
+    if older is not None:
+        _note(
+            f"{_label(cfg)}: resuming a run started with older code ({older}); its numbers "
+            "mix two versions (--rerun-stale starts it over with this code)"
+        )
+    return start, rows
+
+
+def _train(
+    cfg: RunConfig,
+    directory: Path,
+    data_root: Path,
+    progress: bool | None,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    extra_config: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The training loop of one run, its lock held (see `train_run`)."""
     show = sys.stderr.isatty() if progress is None else progress
 
     ds, _ = open_dataset(cfg.dataset_path, data_root)
@@ -215,20 +346,16 @@ def train_run(
     heads = ["fused", *ds.modalities]
 
     directory.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
-    start = 0
-    checkpoint = runstore.load_checkpoint(directory)
-    if checkpoint is not None:
-        method.load_training_state(checkpoint["method"])
-        set_rng_state(checkpoint["rng"])
-        start = checkpoint["epoch"] + 1
-        rows = [r for r in runstore.read_metrics(directory) if r["epoch"] < start]
-    else:
+    start, rows = _resume(cfg, directory, method)
+    env = environment()
+    code = {"fingerprint": code_fingerprint(), "commit": env["git_commit"]}
+    if start == 0:
         config = {
             **cfg.to_json(),
             "dataset_meta": {"classes": ds.classes, "splits": ds.meta["splits"]},
             "device": str(device),
-            "environment": environment(),
+            "environment": env,
+            "code": code,
             **(extra_config or {}),
         }
         runstore.write_json(directory / runstore.CONFIG, config)
@@ -299,6 +426,11 @@ def train_run(
         if on_epoch is not None:
             on_epoch(row)
     bar.close()
-    summary = summarise(cfg, rows, heads)
+    summary = {
+        **summarise(cfg, rows, heads),
+        "data_fingerprint": cfg.data_fingerprint,
+        "code": code["fingerprint"],
+        "commit": code["commit"],
+    }
     runstore.write_json(directory / runstore.SUMMARY, summary)
     return summary

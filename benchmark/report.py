@@ -55,6 +55,7 @@ PAPER_COLUMNS = [
     "note",
 ]
 RUN_KEYS = ["dataset", "method", "seed", "run_id"]
+OLDER_CODE = " (older code)"  # the label suffix of runs done with other code
 
 
 @dataclass
@@ -66,7 +67,8 @@ class Results:
       runs of one method differ in config. Train scalars (loss, lr, method diagnostics)
       have split "train" and head "all".
     runs: one row per finished run: dataset, method, seed, run_id, best_epoch, last_epoch,
-      heads (fused first, then the modalities).
+      heads (fused first, then the modalities), older_code (None for runs of this code,
+      else the short commit they were done with; their method label ends "(older code)").
     left_out: reason -> number of run directories not reported.
     """
 
@@ -118,17 +120,32 @@ def _config_items(config: dict[str, Any]) -> dict[str, str]:
 
 def variant_labels(runs: pd.DataFrame, configs: Sequence[dict[str, str]]) -> list[str]:
     """Per run, "method" or "method[key=value,...]" naming the config keys in which the
-    runs of the same (dataset, method) differ; seeds never count as a difference."""
+    runs of the same (dataset, method) differ; seeds never count as a difference. Runs
+    done with older code (column `older_code`, where present) are compared among
+    themselves and labelled "... (older code)": they are never averaged with current ones."""
     frame = pd.DataFrame(list(configs), index=runs.index).fillna("(unset)")
     labels = runs["method"].astype(str).copy()
-    for _, index in runs.groupby(["dataset", "method"]).groups.items():
+    older = (
+        runs["older_code"].notna() if "older_code" in runs else pd.Series(False, index=runs.index)
+    )
+    keys = [runs["dataset"], runs["method"], older.rename("older")]
+    for _, index in runs.groupby(keys).groups.items():
         group = frame.loc[index]
         differing = [c for c in sorted(group.columns) if group[c].nunique() > 1]
         for i in index:
             if differing:
-                detail = ",".join(f"{c}={json.loads(group.at[i, c])}" for c in differing)
+                detail = ",".join(f"{c}={_shown(group.at[i, c])}" for c in differing)
                 labels.at[i] = f"{runs.at[i, 'method']}[{detail}]"
+            if older.at[i]:
+                labels.at[i] += OLDER_CODE
     return labels.tolist()
+
+
+def _shown(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 def load_results(
@@ -146,26 +163,31 @@ def load_results(
         raise UserError(
             f"no results directory {results}: pass --results DIR (or set BENCH_RESULTS)"
         )
-    left_out = {"unfinished (no summary.json)": 0, "no readable metrics.jsonl": 0}
+    left_out = {
+        "unfinished (no summary.json)": 0,
+        "damaged summary.json (run again with --restart)": 0,
+        "no readable metrics.jsonl": 0,
+    }
     records, frames, configs = [], [], []
     for directory in runstore.iter_run_dirs(results):
         try:
             summary = runstore.load_summary(directory)
-        except (json.JSONDecodeError, OSError):
-            summary = None
+        except (runstore.DamagedRunFile, OSError):
+            left_out["damaged summary.json (run again with --restart)"] += 1
+            continue
         if summary is None:
             left_out["unfinished (no summary.json)"] += 1
             continue
         try:
             long = tidy_metrics(runstore.read_metrics(directory))
-        except (json.JSONDecodeError, OSError, KeyError, ValueError):
+        except (runstore.DamagedRunFile, OSError, KeyError, ValueError):
             long = tidy_metrics([])
         if long.empty:
             left_out["no readable metrics.jsonl"] += 1
             continue
         try:
             config = runstore.read_json(directory / runstore.CONFIG)
-        except (json.JSONDecodeError, OSError):
+        except (runstore.DamagedRunFile, OSError):
             config = {}
         record = {k: summary.get(k) for k in RUN_KEYS}
         record["dataset"] = record["dataset"] or directory.parent.parent.name
@@ -174,10 +196,13 @@ def load_results(
         record["best_epoch"] = int(summary.get("best_epoch", long["epoch"].max()))
         record["last_epoch"] = int(long["epoch"].max())
         record["heads"] = list(summary.get("heads") or _heads_of(long))
+        record["older_code"] = runstore.older_code(directory, summary)
         records.append(record)
         frames.append(long.assign(run_id=record["run_id"]))
         configs.append(_config_items(config))
-    runs = pd.DataFrame(records, columns=[*RUN_KEYS, "best_epoch", "last_epoch", "heads"])
+    runs = pd.DataFrame(
+        records, columns=[*RUN_KEYS, "best_epoch", "last_epoch", "heads", "older_code"]
+    )
     runs = _filter(runs, "dataset", datasets)
     runs = _filter(runs, "method", methods)
     configs = [configs[i] for i in runs.index]
@@ -230,7 +255,7 @@ def method_order(names: Iterable[str]) -> list[str]:
     canonical = [*PAPER_ORDER, *sorted(m for m in registered if m not in PAPER_ORDER)]
 
     def key(name: str) -> tuple[int, str]:
-        base = name.split("[", 1)[0]
+        base = name.removesuffix(OLDER_CODE).split("[", 1)[0]
         rank = canonical.index(base) if base in canonical else len(canonical)
         return rank, name
 
@@ -641,6 +666,9 @@ def main(results: Path, args: Any) -> int:
         published = published[published["method"].isin(args.methods)]
     frames = write_tables(loaded, out, metrics, select, published)
     print(f"{len(loaded.runs)} run(s): " + ", ".join(_run_counts(loaded.runs)))
+    line = older_code_line(loaded.runs)
+    if line:
+        print(line)
     print((out / "tables" / "main.md").read_text())
     print((out / "tables" / "forgetting.md").read_text())
     written = [
@@ -655,6 +683,18 @@ def main(results: Path, args: Any) -> int:
         written += write_figures(loaded, frames, out / "figures", metrics[0])
     print(f"wrote {len(written)} files under {out} (tables/, figures/)")
     return 0
+
+
+def older_code_line(runs: pd.DataFrame) -> str | None:
+    """One line on the runs done with older code (marked in the tables), or None."""
+    older = runs["older_code"].dropna() if "older_code" in runs else pd.Series(dtype=str)
+    if older.empty:
+        return None
+    commits = ", ".join(sorted(set(older)))
+    return (
+        f"{len(older)} run(s) done with older code ({commits}), marked '{OLDER_CODE.strip()}' "
+        "in the tables: `python -m benchmark run ... --rerun-stale` trains them with this code"
+    )
 
 
 def _run_counts(runs: pd.DataFrame) -> list[str]:

@@ -34,6 +34,7 @@ from benchmark.data import RunData, open_dataset
 from benchmark.engine import autocast, build_method, configure_backends, resolve_device
 from benchmark.errors import UserError
 from benchmark.host_sync import first_host_sync
+from benchmark.launch import check_devices
 from datasets import PreparedDataset
 from datasets.loader import Loader, resolve_workers
 from methods import Method, StepInfo, list_methods
@@ -205,9 +206,11 @@ def resolve_configs(
     overrides: Mapping[str, Any],
 ) -> dict[str, RunConfig]:
     """Each method's resolved run config (as `run` would resolve it, seed 0)."""
-    return {
+    configs = {
         m: resolve(m, ds.name, str(ds.root), defaults, 0, overrides) for m in check_methods(methods)
     }
+    check_devices(list(configs.values()))  # --device cuda without that GPU: one line
+    return configs
 
 
 def measure(

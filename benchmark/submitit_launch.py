@@ -78,7 +78,13 @@ class TrainTask:
     """
 
     def __call__(
-        self, cfg: RunConfig, results: Path, data_root: Path, threads: int | None = None
+        self,
+        cfg: RunConfig,
+        results: Path,
+        data_root: Path,
+        threads: int | None = None,
+        restart: bool = False,
+        rerun_stale: bool = False,
     ) -> dict[str, Any]:
         import torch
 
@@ -105,7 +111,15 @@ class TrainTask:
             file=sys.stderr,
             flush=True,
         )
-        return train_run(cfg, results, data_root, progress=False, extra_config={"jobs": jobs})
+        return train_run(
+            cfg,
+            results,
+            data_root,
+            progress=False,
+            extra_config={"jobs": jobs},
+            restart=restart,
+            rerun_stale=rerun_stale,
+        )
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Requeue with a fresh task: it resumes from the last checkpoint.pt on disk."""
@@ -126,15 +140,30 @@ def _absolute(configs: Sequence[RunConfig], results: Path, data_root: Path):
 
 
 def _to_submit(
-    configs: Sequence[RunConfig], results: Path
+    configs: Sequence[RunConfig], results: Path, restart: bool = False, rerun_stale: bool = False
 ) -> tuple[list[RunConfig], list[TaskState]]:
-    """Runs to submit (no summary.json, not queued/running in an earlier submission) and
-    the states of those still queued or running."""
-    unfinished = [c for c in configs if runstore.load_summary(runstore.run_dir(results, c)) is None]
-    done = len(configs) - len(unfinished)
+    """Runs to submit (no summary.json, or one to redo with `restart`/`rerun_stale`; not
+    queued/running in an earlier submission) and the states of those still queued or
+    running."""
+    unfinished = [
+        c for c in configs if runstore.to_train(runstore.run_dir(results, c), restart, rerun_stale)
+    ]
+    done = [c for c in configs if c not in unfinished]
     live = live_runs(results, [run_key(c) for c in unfinished])
     if done:
-        print(f"{done} of {len(configs)} runs are done already (summary.json): not submitted")
+        older = sorted(
+            {o for c in done if (o := runstore.older_code(runstore.run_dir(results, c)))}
+        )
+        stale = sum(runstore.older_code(runstore.run_dir(results, c)) is not None for c in done)
+        print(
+            f"{len(done)} of {len(configs)} runs are done already (summary.json): not submitted"
+            + (
+                f"; {stale} of them done with older code ({', '.join(older)}): --rerun-stale "
+                "trains them again"
+                if stale
+                else ""
+            )
+        )
     for state in live.values():
         t = state.task
         print(
@@ -189,6 +218,8 @@ def launch_slurm(
     data_root: Path,
     profile_ref: str | None,
     wait: bool = False,
+    restart: bool = False,
+    rerun_stale: bool = False,
 ) -> list[dict[str, Any] | None] | None:
     """Submit the unfinished runs of the grid as ONE Slurm job array; print its id and logs."""
     if not profile_ref:
@@ -199,7 +230,7 @@ def launch_slurm(
     profile = load_profile(profile_ref)
     check_partition(profile)  # before anything is submitted
     configs, results, data_root = _absolute(configs, results, data_root)
-    todo, live = _to_submit(configs, results)
+    todo, live = _to_submit(configs, results, restart, rerun_stale)
     pairs = [(state.submission, state.task) for state in live]
     if todo:
         sub = new_submission(results, configs, "slurm", profile.name)
@@ -209,7 +240,13 @@ def launch_slurm(
         executor.update_parameters(name=f"bench-{sub.grid_id}", **profile.executor_parameters())
         n = len(todo)
         jobs = executor.map_array(
-            TrainTask(), todo, [results] * n, [data_root] * n, [profile.cpus_per_task] * n
+            TrainTask(),
+            todo,
+            [results] * n,
+            [data_root] * n,
+            [profile.cpus_per_task] * n,
+            [restart] * n,
+            [rerun_stale] * n,
         )
         # One run is submitted as a plain job (submitit makes no array of one).
         sub.slurm_job_id = str(jobs[0].job_id).split("_")[0]
@@ -250,6 +287,8 @@ def launch_local(
     data_root: Path,
     profile_ref: str | None,
     poll_s: float = 1.0,
+    restart: bool = False,
+    rerun_stale: bool = False,
 ) -> list[dict[str, Any] | None]:
     """Run the unfinished runs of the grid through submitit's LocalExecutor, N at once.
 
@@ -260,7 +299,7 @@ def launch_local(
     profile = load_profile(profile_ref) if profile_ref else None
     parallel = profile.array_parallelism if profile else DEFAULT_LOCAL_PARALLELISM
     configs, results, data_root = _absolute(configs, results, data_root)
-    todo, live = _to_submit(configs, results)
+    todo, live = _to_submit(configs, results, restart, rerun_stale)
     if live:
         raise UserError(
             f"{len(live)} run(s) of this grid are still queued or running in an earlier "
@@ -288,7 +327,9 @@ def launch_local(
         while queue or running:
             while queue and len(running) < parallel:
                 cfg = queue.pop(0)
-                job = executor.submit(TrainTask(), cfg, results, data_root, threads)
+                job = executor.submit(
+                    TrainTask(), cfg, results, data_root, threads, restart, rerun_stale
+                )
                 running[str(job.job_id)] = job
                 sub.tasks.append(
                     Task(run_key(cfg), str(job.job_id), cfg.method, cfg.dataset, cfg.seed)

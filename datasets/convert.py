@@ -43,7 +43,14 @@ from datasets.media import (
     load_frame_folder,
     pick_frames,
 )
-from datasets.prepared import ModalitySpec, PreparedWriter, atomic_save_npy, atomic_write_text
+from datasets.prepared import (
+    ModalitySpec,
+    PreparedWriter,
+    atomic_save_npy,
+    atomic_write_text,
+    check_space,
+    open_array,
+)
 from datasets.registry import DatasetError
 from datasets.spectrogram import audio_features, feature_shape
 
@@ -174,6 +181,35 @@ def carve_val(
     return np.setdiff1d(rows, val_rows), val_rows
 
 
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+LFS_POINTER_MAX = 1024  # pointer files are ~130 bytes
+
+
+def is_lfs_pointer(path: str | Path) -> bool:
+    """Whether `path` is a git-lfs pointer file (a clone without `git lfs pull`)."""
+    try:
+        if os.path.getsize(path) > LFS_POINTER_MAX:
+            return False
+        with open(path, "rb") as fh:
+            return fh.read(len(LFS_POINTER)) == LFS_POINTER
+    except OSError:
+        return False
+
+
+def check_not_lfs_pointers(clips: Sequence[Clip]) -> None:
+    """DatasetError, before anything is written, when media files of the release are
+    git-lfs pointers instead of media (CREMA-D's GitHub repository, cloned without LFS)."""
+    files = sorted({f for c in clips for f in (c.audio, c.visual) if f and os.path.isfile(f)})
+    pointers = [f for f in files if is_lfs_pointer(f)]
+    if pointers:
+        folder = os.path.dirname(os.path.dirname(pointers[0])) or "."
+        raise DatasetError(
+            f"{len(pointers)} of the release's {len(files)} media files are git-lfs pointer "
+            f"files, not media (e.g. {pointers[0]}): fetch them with `git lfs install && "
+            f"git lfs pull` in the release's clone (under {folder}), then prepare again"
+        )
+
+
 def _plan(spec: ConvertSpec, clips: Sequence[Clip]) -> dict[str, Any]:
     cfg = asdict(spec)
     for key in ("workers", "limit", "source", "extra"):  # they do not change the arrays
@@ -199,12 +235,9 @@ def _open_work(
             pass
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    arrays = {
-        m: np.lib.format.open_memmap(
-            work / f"{m}.npy", mode="w+", dtype=dtype, shape=(plan["n"], *shape)
-        )
-        for m, (shape, dtype) in shapes.items()
-    }
+    full = {m: ((plan["n"], *shape), dtype) for m, (shape, dtype) in shapes.items()}
+    check_space(work, full)
+    arrays = {m: open_array(work / f"{m}.npy", shape, dtype) for m, (shape, dtype) in full.items()}
     done = np.zeros(plan["n"], dtype=bool)
     atomic_save_npy(work / "done.npy", done)
     atomic_write_text(plan_file, json.dumps(plan))
@@ -258,6 +291,7 @@ def convert(
             f"({len(missing)} listed, e.g. {missing[0][0] if missing else '?'}: "
             f"{missing[0][1] if missing else ''}); check --raw and the list files"
         )
+    check_not_lfs_pointers(clips)
     ffmpeg_path()
     plan = _plan(spec, clips)
     meta_file = out_dir / "meta.json"

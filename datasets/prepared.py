@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from datasets import atomic
 from datasets.registry import DatasetError
 
 FORMAT_VERSION = 1
@@ -43,15 +43,38 @@ class ModalitySpec:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write `text` to `path` through a temporary file (DiskFullError on a full disk)."""
+    atomic.write_text(path, text)
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    """`np.save` to `path` through a temporary file (DiskFullError on a full disk)."""
+    atomic.save_npy(path, array)
+
+
+def open_array(path: Path, shape: tuple[int, ...], dtype: str) -> np.memmap:
+    """A new memory-mapped .npy array whose disk space is reserved now (DiskFullError
+    when it is not there, rather than a crash while it is filled)."""
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    try:
+        atomic.reserve(path, path.stat().st_size)
+    except atomic.DiskFullError:
+        del arr
+        raise
+    return arr
+
+
+def check_space(out_dir: Path, arrays: Mapping[str, tuple[tuple[int, ...], str]]) -> None:
+    """DiskFullError before anything is written when the arrays `{name: (shape, dtype)}`
+    cannot fit in `out_dir` (existing files of those names count as free: they are
+    replaced)."""
+    needed = 0
+    for name, (shape, dtype) in arrays.items():
+        path = out_dir / f"{name}.npy"
+        size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        needed += size - (path.stat().st_blocks * 512 if path.exists() else 0)
+    if needed > atomic.free_bytes(out_dir):
+        raise atomic.disk_full(out_dir, needed)
 
 
 def check_spec(name: str, spec: ModalitySpec) -> None:
@@ -93,11 +116,11 @@ class PreparedWriter:
     ) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "meta.json").unlink(missing_ok=True)
         self.name, self.classes, self.source = name, list(classes), source
         self.modalities = dict(modalities)
         self.num_samples = num_samples
         self.arrays: dict[str, np.memmap] = {}
+        new: dict[str, tuple[tuple[int, ...], str]] = {}
         for m, spec in self.modalities.items():
             check_spec(m, spec)
             path = self.out_dir / f"{m}.npy"
@@ -107,9 +130,11 @@ class PreparedWriter:
                 if arr.shape == shape and arr.dtype == np.dtype(spec.dtype):
                     self.arrays[m] = arr
                     continue
-            self.arrays[m] = np.lib.format.open_memmap(
-                path, mode="w+", dtype=spec.dtype, shape=shape
-            )
+            new[m] = (shape, spec.dtype)
+        check_space(self.out_dir, new)  # before the previous dataset is touched
+        (self.out_dir / "meta.json").unlink(missing_ok=True)
+        for m, (shape, dtype) in new.items():
+            self.arrays[m] = open_array(self.out_dir / f"{m}.npy", shape, dtype)
 
     def write(self, modality: str, rows: np.ndarray | slice | int, values: np.ndarray) -> None:
         self.arrays[modality][rows] = values
@@ -169,52 +194,118 @@ def _fail(root: Path, problem: str) -> DatasetError:
     return DatasetError(f"prepared dataset {root}: {problem}")
 
 
-def validate(root: Path, meta: Mapping[str, Any], check_values: bool = False) -> None:
-    """Check the arrays against meta.json; raise DatasetError naming the first problem."""
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _safe_name(value: Any) -> bool:
+    """A non-empty string usable as one path component (a directory or file name)."""
+    return (
+        isinstance(value, str)
+        and value.strip() == value
+        and value not in ("", ".", "..")
+        and not any(c in value for c in "/\\\0")
+    )
+
+
+def check_meta(root: Path, meta: Any) -> None:
+    """meta.json's structure and types (DESIGN.md, "Prepared dataset format"); raise
+    DatasetError naming the first problem. Extra top-level keys are allowed."""
+    if not isinstance(meta, dict):
+        raise _fail(root, "meta.json must hold a JSON object; re-run prepare")
     for key in ("name", "classes", "modalities", "splits"):
         if key not in meta:
             raise _fail(root, f"meta.json has no {key!r} key; re-run prepare")
+    if not _safe_name(meta["name"]):
+        raise _fail(root, f"meta.json name must be a plain name (no '/'), got {meta['name']!r}")
+    classes = meta["classes"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise _fail(root, "meta.json classes must be a non-empty list of class names")
+    splits = meta["splits"]
+    if not isinstance(splits, dict) or not all(_is_count(splits.get(s)) for s in SPLITS):
+        raise _fail(root, f"meta.json splits must give a row count for each of {', '.join(SPLITS)}")
+    modalities = meta["modalities"]
+    if not isinstance(modalities, dict) or not modalities:
+        raise _fail(root, "meta.json lists no modality")
+    for m, info in modalities.items():
+        if not _safe_name(m):
+            raise _fail(root, f"meta.json modality name {m!r} is not a plain file name")
+        if (
+            not isinstance(info, dict)
+            or not isinstance(info.get("kind"), str)
+            or not isinstance(info.get("dtype"), str)
+            or not isinstance(info.get("shape"), list)
+        ):
+            raise _fail(root, f"meta.json modality {m!r} needs kind, shape and dtype")
+        if not all(_is_count(d) and d > 0 for d in info["shape"]):
+            raise _fail(
+                root, f"meta.json modality {m!r} shape must be positive integers: {info['shape']}"
+            )
+        if not isinstance(info.get("preprocessing", {}), dict):
+            raise _fail(root, f"meta.json modality {m!r} preprocessing must be an object")
+        try:
+            check_spec(m, ModalitySpec(info["kind"], tuple(info["shape"]), info["dtype"]))
+        except DatasetError as exc:
+            raise _fail(root, str(exc)) from None
+
+
+def _load(root: Path, name: str) -> np.ndarray:
+    """A .npy file memory-mapped; DatasetError when it is not a readable array."""
+    try:
+        return np.load(root / name, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise _fail(
+            root, f"{name} is not a readable .npy array ({reason}); re-run prepare"
+        ) from None
+
+
+def validate(root: Path, meta: Mapping[str, Any], check_values: bool = False) -> None:
+    """Check meta.json and the arrays against it; raise DatasetError naming the first
+    problem (never another exception, whatever the files hold)."""
+    check_meta(root, meta)
     for f in ["labels.npy", "ids.txt", *(f"split_{s}.npy" for s in SPLITS)]:
         if not (root / f).is_file():
             raise _fail(root, f"{f} is missing; re-run prepare or add the file")
-    labels = np.load(root / "labels.npy", mmap_mode="r")
+    labels = _load(root, "labels.npy")
     if labels.ndim != 1 or labels.dtype != np.int64:
         raise _fail(root, f"labels.npy must be int64 [N], got {labels.dtype} {list(labels.shape)}")
     n = len(labels)
     num_classes = len(meta["classes"])
     if n and (labels.min() < 0 or labels.max() >= num_classes):
         raise _fail(root, f"labels.npy has labels outside 0..{num_classes - 1} (meta.json classes)")
-    with open(root / "ids.txt") as fh:
+    with open(root / "ids.txt", "rb") as fh:
         n_ids = sum(1 for _ in fh)
     if n_ids != n:
         raise _fail(root, f"ids.txt has {n_ids} lines, labels.npy has {n} rows")
+    seen: dict[str, np.ndarray] = {}
     for split in SPLITS:
-        idx = np.load(root / f"split_{split}.npy", mmap_mode="r")
+        idx = _load(root, f"split_{split}.npy")
         if idx.ndim != 1 or idx.dtype != np.int64:
             raise _fail(root, f"split_{split}.npy must be int64 [n], got {idx.dtype}")
         if len(idx) and (idx.min() < 0 or idx.max() >= n):
             raise _fail(root, f"split_{split}.npy has row indices outside 0..{n - 1}")
-        if meta["splits"].get(split) != len(idx):
+        if meta["splits"][split] != len(idx):
             raise _fail(
                 root,
-                f"meta.json says {meta['splits'].get(split)} {split} rows, "
+                f"meta.json says {meta['splits'][split]} {split} rows, "
                 f"split_{split}.npy has {len(idx)}",
             )
-    if not meta["modalities"]:
-        raise _fail(root, "meta.json lists no modality")
+        if not len(idx):
+            raise _fail(root, f"split_{split}.npy is empty; every split needs rows")
+        unique = np.unique(idx)
+        if len(unique) != len(idx):
+            raise _fail(root, f"split_{split}.npy lists some rows twice")
+        for other, rows in seen.items():
+            if np.intersect1d(rows, unique, assume_unique=True).size:
+                raise _fail(root, f"split_{other}.npy and split_{split}.npy share rows")
+        seen[split] = unique
     for m, info in meta["modalities"].items():
-        try:
-            spec = ModalitySpec(info["kind"], tuple(info["shape"]), info["dtype"])
-        except (KeyError, TypeError):
-            raise _fail(root, f"meta.json modality {m!r} needs kind, shape and dtype") from None
-        try:
-            check_spec(m, spec)
-        except DatasetError as exc:
-            raise _fail(root, str(exc)) from None
+        spec = ModalitySpec(info["kind"], tuple(info["shape"]), info["dtype"])
         path = root / f"{m}.npy"
         if not path.is_file():
             raise _fail(root, f"{m}.npy is missing (meta.json lists modality {m!r})")
-        arr = np.load(path, mmap_mode="r")
+        arr = _load(root, f"{m}.npy")
         if arr.shape != (n, *spec.shape):
             raise _fail(
                 root,
@@ -263,7 +354,7 @@ class PreparedDataset:
             raise _fail(root, "meta.json is missing (unfinished prepare?); re-run prepare")
         try:
             meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
+        except (ValueError, OSError) as exc:  # JSONDecodeError, UnicodeDecodeError, ...
             raise _fail(root, f"meta.json is not valid JSON ({exc})") from None
         validate(root, meta)
         return cls(root, meta)

@@ -3,8 +3,10 @@
 import json
 import os
 import subprocess
+import sys
 
 import pytest
+import torch
 from helpers import ROOT, run_cli, tree
 from test_prepared import write_by_hand
 
@@ -108,3 +110,103 @@ def test_missing_espeak_ng_is_one_line_with_the_fix(tmp_path):
     assert len(lines) == 1 and "espeak-ng" in lines[0] and "install" in lines[0]
     assert tree(results) == []
     assert not (tmp_path / "data" / "avdigits" / "meta.json").exists()
+
+
+NO_GPU = ["--device", "cuda:64"]  # no machine here has 65 GPUs
+MORE_BAD = {
+    "cuda without that gpu": ([*NO_GPU], "--device cuda:64: this machine has"),
+    "cuda set without that gpu": (["--set", "device=cuda:64"], "this machine has"),
+    "profile inline": (["--profile", "local"], "--profile local applies to --launcher slurm"),
+}
+
+
+@pytest.mark.parametrize("case", list(MORE_BAD))
+def test_bad_run_options_exit_2_and_write_nothing(case, tmp_path, synth, data_root):
+    extra, message = MORE_BAD[case]
+    results = tmp_path / "results"
+    proc = run_cli(
+        "run", "--method", "joint", "--dataset", "synth", *extra,
+        "--results", str(results), "--data-root", str(data_root),
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert tree(results) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_device_cuda_without_a_gpu_is_one_line(tmp_path, synth, data_root):
+    results = tmp_path / "results"
+    proc = run_cli(
+        "run", "--method", "joint", "--dataset", "synth", "--device", "cuda",
+        "--results", str(results), "--data-root", str(data_root),
+    )  # fmt: skip
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no CUDA GPU visible" in lines[0] and "--device cpu" in lines[0]
+    assert tree(results) == []
+
+
+def test_prepare_generated_dataset_with_raw_is_one_line(tmp_path):
+    proc = run_cli(
+        "prepare", "avdigits", "--raw", str(tmp_path), "--data-root", str(tmp_path / "d")
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "generated" in lines[0] and "drop --raw" in lines[0]
+    assert tree(tmp_path / "d") == []
+
+
+def test_make_prepare_without_raw_names_the_make_variable(tmp_path):
+    """`make prepare DATASET=cremad` (the install step taken as done) names RAW=."""
+    proc = subprocess.run(
+        ["make", "-o", "install", f"PY={sys.executable}", "prepare", "DATASET=cremad"],
+        cwd=ROOT,
+        env={**os.environ, "BENCH_DATA_ROOT": str(tmp_path / "d")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(ours) == 1 and "RAW=/path/to/release" in ours[0], proc.stderr
+    assert "make prepare DATASET=cremad RAW=" in ours[0] and "--raw" not in ours[0]
+    assert tree(tmp_path / "d") == []
+
+
+LFS_POINTER = (
+    "version https://git-lfs.github.com/spec/v1\n"
+    "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
+    "size 61240\n"
+)
+
+
+def test_release_of_git_lfs_pointers_is_one_line(tmp_path):
+    """A CREMA-D clone without `git lfs pull`: its media are pointer files."""
+    from fake_releases import cremad_ids
+
+    raw = tmp_path / "CREMA-D"
+    ids = cremad_ids(1, set())
+    for cid in ids:
+        for folder, ext in (("AudioWAV", ".wav"), ("VideoFlash", ".flv")):
+            (raw / folder).mkdir(parents=True, exist_ok=True)
+            (raw / folder / f"{cid}{ext}").write_text(LFS_POINTER)
+    (raw / "lists").mkdir()
+    (raw / "lists" / "train.csv").write_text("".join(f"{c},{c.split('_')[2]}\n" for c in ids[:4]))
+    (raw / "lists" / "test.csv").write_text("".join(f"{c},{c.split('_')[2]}\n" for c in ids[4:]))
+    out = tmp_path / "data" / "cremad"
+    proc = run_cli(
+        "prepare", "cremad", "--raw", str(raw), "--out", str(out),
+        "--set", f"lists={raw / 'lists'}",
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "git-lfs pointer" in lines[0] and "git lfs pull" in lines[0]
+    assert not (out / "meta.json").exists() and tree(out) == []
+
+
+def test_speed_on_a_missing_gpu_is_one_line(synth, data_root):
+    proc = run_cli("speed", "--device", "cuda:64", "--data-root", str(data_root))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--device cuda:64: this machine has" in lines[0]

@@ -294,3 +294,41 @@ def test_make_sweep_passes_launcher_and_profile():
     command = out.stdout.replace("\\\n", " ")  # join the recipe's continued lines
     line = next(x for x in command.splitlines() if "-m benchmark run" in x)
     assert "--launcher slurm" in line and "--profile local" in line and "--epochs 3" in line
+
+
+def test_run_lock_of_an_ended_slurm_job_is_taken_over_a_live_one_is_not(slurm_cluster, tmp_path):
+    """A lock held by a Slurm job on another host: respected while squeue lists the job,
+    taken over (with a note naming its final state) once the job has ended."""
+    from benchmark import runlock
+
+    def submit(command: str) -> str:
+        out = subprocess.run(
+            ["sbatch", "--parsable", "-o", str(tmp_path / "%j.out"), "--wrap", command],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip().split(";")[0]
+
+    def locked_by(job: str, name: str) -> Path:
+        run = tmp_path / name
+        run.mkdir()
+        holder = runlock.Holder("node-elsewhere", 4242, "2026-12-01T10:00:00", "t0k", job)
+        (run / runlock.LOCK).write_text(json.dumps(holder.__dict__))
+        return run
+
+    live = submit("sleep 300")
+    try:
+        run = locked_by(live, "live")
+        with pytest.raises(runlock.RunLocked) as info:
+            runlock.acquire(run)
+        assert info.value.holder.slurm_job_id == live
+    finally:
+        subprocess.run(["scancel", live], check=True)
+    ended = submit("true")
+    wait_until(lambda: ended not in squeue(), 60, "the short job to end")
+    run = locked_by(ended, "ended")
+    notes: list[str] = []
+    mine = runlock.acquire(run, notes.append)
+    assert runlock.read_holder(run / runlock.LOCK) == mine
+    assert len(notes) == 1 and f"Slurm job {ended} is no longer running" in notes[0]
