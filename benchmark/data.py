@@ -63,7 +63,7 @@ def prepare_dataset(
             f"its options: {', '.join(sorted(spec.options)) or 'none'}"
         )
     flag = raw_flag()
-    if spec.generated and raw is not None:
+    if spec.generated and not spec.reads_raw and raw is not None:
         raise DatasetError(
             f"dataset {name!r} is generated on this machine and reads no release: "
             f"drop {flag.rstrip()}"

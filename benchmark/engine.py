@@ -348,7 +348,7 @@ def _train(
     directory.mkdir(parents=True, exist_ok=True)
     start, rows = _resume(cfg, directory, method)
     env = environment()
-    code = {"fingerprint": code_fingerprint(), "commit": env["git_commit"]}
+    code = {"fingerprint": code_fingerprint(cfg.method), "commit": env["git_commit"]}
     if start == 0:
         config = {
             **cfg.to_json(),

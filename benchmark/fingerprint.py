@@ -9,7 +9,8 @@ the first and last MiB of each modality array. It reads a few MiB whatever the d
 size, so a 6 GB dataset costs what a small one does. The run id hashes it (config.py).
 
 `code_fingerprint` identifies the sources that shape a run's numbers (the engine,
-config, data plumbing and metrics of benchmark/, every method, and the loader,
+config, data plumbing and metrics of benchmark/, the shared parts of methods/ and the
+run's own method with its base classes, and the loader,
 augmentation and format reader of datasets/; what converters and generators write is
 covered by the data fingerprint). Each file is parsed and
 unparsed without its docstrings and comments, so a comment or docstring edit keeps the
@@ -32,9 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 VOLATILE_META = frozenset({"created", "registered", "plan"})
 INDEX_FILES = ("labels.npy", "ids.txt", "split_train.npy", "split_val.npy", "split_test.npy")
 EDGE_BYTES = 1 << 20
-# The sources whose changes can change a run's numbers (relative to the checkout).
+# The sources whose changes can change any run's numbers (relative to the checkout); a
+# run's own method adds the modules its class is built from (`method_files`).
 CODE_GLOBS = (
-    "methods/*.py",
+    "methods/base.py",
+    "methods/registry.py",
+    "methods/encoders.py",
+    "methods/fusion.py",
+    "methods/optim.py",
     "benchmark/engine.py",
     "benchmark/config.py",
     "benchmark/data.py",
@@ -97,16 +103,41 @@ def _normalised_source(path: Path) -> bytes:
     return ast.unparse(tree).encode()
 
 
-def code_files(root: Path = ROOT) -> list[Path]:
-    """The files `code_fingerprint` reads, in a fixed order."""
-    return sorted({p for pattern in CODE_GLOBS for p in root.glob(pattern) if p.is_file()})
+def method_files(method: str, root: Path = ROOT) -> set[Path]:
+    """The modules of methods/ that the registered `method`'s class is built from (its own
+    file and those of its base classes, e.g. joint.py for AGM); empty for an unknown name."""
+    from methods import get_method_class
+    from methods.registry import MethodConfigError
+
+    try:
+        cls = get_method_class(method)
+    except (MethodConfigError, KeyError, ValueError):
+        return set()
+    modules = {k.__module__ for k in cls.__mro__}
+    return {
+        root / "methods" / f"{m.split('.', 1)[1]}.py"
+        for m in modules
+        if m.startswith("methods.") and m.count(".") == 1
+    }
+
+
+def code_files(method: str | None = None, root: Path = ROOT) -> list[Path]:
+    """The files `code_fingerprint` reads, in a fixed order: the shared sources, and the
+    modules of `method` (all of methods/ when no method is named)."""
+    files = {p for pattern in CODE_GLOBS for p in root.glob(pattern) if p.is_file()}
+    if method is None:
+        files |= {p for p in root.glob("methods/*.py") if p.name != "__init__.py"}
+    else:
+        files |= method_files(method, root)
+    return sorted(files)
 
 
 @cache
-def code_fingerprint(root: Path = ROOT) -> str:
-    """A short hash of the training-relevant sources (see the module docstring)."""
+def code_fingerprint(method: str | None = None, root: Path = ROOT) -> str:
+    """A short hash of the sources that shape a run of `method` (see the module docstring):
+    adding or changing another method's file leaves it unchanged."""
     parts = []
-    for path in code_files(root):
+    for path in code_files(method, root):
         parts.append(str(path.relative_to(root)).encode())
         parts.append(_normalised_source(path))
     return _sha(parts)

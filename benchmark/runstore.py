@@ -154,6 +154,17 @@ def load_summary(directory: Path) -> dict[str, Any] | None:
     return summary
 
 
+def run_method(directory: Path, summary: dict[str, Any] | None = None) -> str | None:
+    """The method a run directory belongs to (summary.json or config.json)."""
+    method = (summary or {}).get("method")
+    if method is None:
+        try:
+            method = read_json(directory / CONFIG).get("method")
+        except (OSError, DamagedRunFile, AttributeError):
+            return None
+    return method if isinstance(method, str) else None
+
+
 def run_code(directory: Path, summary: dict[str, Any] | None = None) -> tuple[str | None, str]:
     """(code fingerprint, short commit) a run was made with; the fingerprint is None for
     runs of versions that did not record one, the commit "unknown commit" when neither
@@ -174,7 +185,7 @@ def run_code(directory: Path, summary: dict[str, Any] | None = None) -> tuple[st
 def older_code(directory: Path, summary: dict[str, Any] | None = None) -> str | None:
     """None when the run was made by this code; else the short commit it was made with."""
     fingerprint, commit = run_code(directory, summary)
-    return None if fingerprint == code_fingerprint() else commit
+    return None if fingerprint == code_fingerprint(run_method(directory, summary)) else commit
 
 
 def to_train(directory: Path, restart: bool = False, rerun_stale: bool = False) -> bool:

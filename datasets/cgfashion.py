@@ -215,6 +215,7 @@ def check_options(opts: dict[str, Any]) -> None:
     generated=True,
     defaults=DEFAULTS,
     options=OPTIONS,
+    reads_raw=True,
 )
 def prepare(out_dir: Path, raw: Path | None, options: dict[str, Any]) -> None:
     """Build cgfashion from the Debian package's files, or from `raw` when given."""

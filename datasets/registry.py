@@ -21,7 +21,8 @@ class DatasetSpec:
     (built-in, no raw release) are prepared automatically on first use. `defaults` are
     the run settings of the fair benchmark protocol for this dataset (encoder, batch
     size, epochs, optimiser, crop size, ...). `options` are the knobs `prepare` accepts,
-    with their defaults.
+    with their defaults. `reads_raw`: a generated dataset whose source files `prepare`
+    finds on this machine and also accepts with --raw (cgfashion).
     """
 
     name: str
@@ -30,6 +31,7 @@ class DatasetSpec:
     generated: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    reads_raw: bool = False  # a generated dataset that may also read files given by --raw
 
 
 _DATASETS: dict[str, DatasetSpec] = {}
@@ -42,6 +44,7 @@ def register_dataset(
     generated: bool = False,
     defaults: dict[str, Any] | None = None,
     options: dict[str, Any] | None = None,
+    reads_raw: bool = False,
 ) -> Callable[[Callable], Callable]:
     """Decorator for a module's `prepare(out_dir, raw, options)` function."""
 
@@ -49,7 +52,13 @@ def register_dataset(
         if name in _DATASETS:
             raise RuntimeError(f"dataset {name!r} is registered twice")
         _DATASETS[name] = DatasetSpec(
-            name, prepare, description, generated, dict(defaults or {}), dict(options or {})
+            name,
+            prepare,
+            description,
+            generated,
+            dict(defaults or {}),
+            dict(options or {}),
+            reads_raw,
         )
         return prepare
 

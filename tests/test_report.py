@@ -40,7 +40,8 @@ def current_tree(tmp_path: Path) -> Path:
     shutil.copytree(TREE, results)
     for path in results.glob("runs/*/*/*/summary.json"):
         summary = json.loads(path.read_text())
-        path.write_text(json.dumps({**summary, "code": code_fingerprint(), "commit": "test"}))
+        code = code_fingerprint(path.parts[-3])  # runs/<dataset>/<method>/<id>/summary.json
+        path.write_text(json.dumps({**summary, "code": code, "commit": "test"}))
     return results
 
 

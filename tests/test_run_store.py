@@ -329,3 +329,25 @@ def test_data_fingerprint_reads_a_few_mib_only(tmp_path: Path) -> None:
     assert time.perf_counter() - start < 2.0
     np.save(root / "labels.npy", np.arange(48, dtype=np.int64) % 2)
     assert data_fingerprint(root, meta) != first
+
+
+def test_code_fingerprint_is_per_method(tmp_path):
+    """A run's code fingerprint covers the shared sources and its own method's modules
+    (with their base classes): a new or edited method file stales only its own runs."""
+    import shutil
+
+    from benchmark.fingerprint import code_files, code_fingerprint
+
+    agm = {p.name for p in code_files("agm") if p.parent.name == "methods"}
+    assert {"agm.py", "joint.py", "base.py", "fusion.py"} <= agm
+    assert not agm & {"mie.py", "pmr.py", "__init__.py"}
+    root = tmp_path / "checkout"
+    for sub in ("methods", "benchmark", "datasets"):
+        shutil.copytree(ROOT / sub, root / sub)
+    before = {m: code_fingerprint(m, root) for m in ("agm", "mie")}
+    assert before["agm"] != before["mie"]
+    (root / "methods" / "mie.py").write_text((ROOT / "methods/mie.py").read_text() + "\nX = 1\n")
+    (root / "methods" / "newmethod.py").write_text("Y = 2\n")
+    code_fingerprint.cache_clear()
+    assert code_fingerprint("agm", root) == before["agm"]
+    assert code_fingerprint("mie", root) != before["mie"]
