@@ -20,6 +20,7 @@ DIAGNOSTICS = {
         "train/sigma_min_audio_l0",
         "train/sigma_mean_visual_l1",
     ],
+    "unimodal": ["train/loss_audio", "train/loss_visual"],
 }
 
 
