@@ -56,3 +56,9 @@ def test_method_trains_on_synth_and_logs_diagnostics(method, seed, weak_synth, t
     # even OGM-GE, which slows it down on purpose
     assert summary["test/audio/acc"] > 0.3
     assert 0.0 <= summary["test/visual/acc"] <= 1.0
+    # issue 12: probes (synth probes every epoch), contributions, missing-modality accuracy
+    for split in ("val", "test"):
+        for m in ("audio", "visual"):
+            for key in (f"{m}/probe_acc", f"{m}/contribution", f"fused_without_{m}/acc"):
+                assert f"{split}/{key}" in summary, f"{method}: no {split}/{key} in summary"
+                assert all(f"{split}/{key}" in r for r in rows)
