@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from benchmark import runstore
 from benchmark.config import RunConfig
 from benchmark.contribution import cached_encoders, contribution_row, subset_batches
+from benchmark.cost import cost_block
 from benchmark.data import RunData, open_dataset
 from benchmark.metrics import classification_metrics
 from benchmark.probes import encoder_features, probe_due, probe_row
@@ -351,5 +352,7 @@ def train_run(
             on_epoch(row)
     bar.close()
     summary = summarise(cfg, rows, heads)
+    first = next(iter(data.batches("train", augment=True)))
+    summary["cost"] = cost_block(method, rows, first, device, lambda: autocast(device))
     runstore.write_json(directory / runstore.SUMMARY, summary)
     return summary

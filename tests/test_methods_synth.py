@@ -62,3 +62,7 @@ def test_method_trains_on_synth_and_logs_diagnostics(method, seed, weak_synth, t
             for key in (f"{m}/probe_acc", f"{m}/contribution", f"fused_without_{m}/acc"):
                 assert f"{split}/{key}" in summary, f"{method}: no {split}/{key} in summary"
                 assert all(f"{split}/{key}" in r for r in rows)
+    cost = summary["cost"]
+    assert cost["train_flops_per_sample"] > 0, f"{method}: FLOPs not counted"
+    assert cost["parameters"]["encoder/audio"] > 0 and cost["peak_memory_bytes"] > 0
+    assert cost["seconds_per_epoch"] > 0
