@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmark import runstore
+from benchmark import imbalance, runstore
 from benchmark.config import NOT_IN_RUN_ID
 from benchmark.errors import UserError
 from benchmark.metrics import forgetting
@@ -596,6 +596,17 @@ def write_tables(
         tables_text(forget, modalities, forget_cols, caption.replace("±", "$\\pm$"), latex=True),
         "# Modality forgetting\n\n",
     )
+    imb = imbalance.with_reference(stats)
+    text = imbalance.caption(stats, when)
+    _write_three(
+        tables / "imbalance",
+        imb.assign(split="test", select=select),
+        tables_text(imb, modalities, imbalance.imbalance_columns, text, latex=False),
+        tables_text(
+            imb, modalities, imbalance.imbalance_columns, text.replace("±", "$\\pm$"), True
+        ),
+        "# Imbalance: each modality against its unimodal reference\n\n",
+    )
     published = published if published is not None else pd.DataFrame(columns=PAPER_COLUMNS)
     comparison = paper_vs_ours(stats, published)
     (tables / "paper_vs_ours.md").write_text(paper_vs_ours_markdown(comparison, sorted(heads)))
@@ -645,7 +656,7 @@ def main(results: Path, args: Any) -> int:
     print((out / "tables" / "forgetting.md").read_text())
     written = [
         out / "tables" / f"{stem}.{ext}"
-        for stem in ("main", "forgetting")
+        for stem in ("main", "forgetting", "imbalance")
         for ext in ("md", "tex", "csv")
     ]
     written.append(out / "tables" / "paper_vs_ours.md")
