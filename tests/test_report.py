@@ -357,6 +357,8 @@ def test_imbalance_table_of_an_old_tree_has_blanks_and_a_note(tmp_path, capsys):
     assert cells[1] != "–" and cells[2] != "–"  # fused acc and the audio head are there
     assert cells[3:6] == ["–", "–", "–"]  # probe, ref, gap: not measured in this tree
     assert (tmp_path / "tables" / "imbalance.tex").exists()
+    cost = (tmp_path / "tables" / "cost.md").read_text()
+    assert "| mie | – | – | – | – | – |" in cost  # no cost record in old runs: blanks
 
 
 def test_imbalance_reference_and_gap_come_from_the_unimodal_run():
