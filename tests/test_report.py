@@ -375,3 +375,23 @@ def test_imbalance_reference_and_gap_come_from_the_unimodal_run():
     out = with_reference(stats).set_index(["method", "metric"])
     assert out.loc[("joint", "reference"), "mean"] == 60.0
     assert out.loc[("joint", "gap"), "mean"] == 10.0
+
+
+def test_std_bands_are_clipped_to_the_metric_range():
+    """Two seeds at 90% and 100%: mean 95, std 7.1; the band stops at 100%."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmark.figures import _lines
+
+    frame = pd.DataFrame(
+        {"epoch": [0, 0, 1, 1], "method": ["m"] * 4, "value": [90.0, 100.0, 90.0, 100.0]}
+    )
+    fig, ax = plt.subplots()
+    _lines(ax, frame, "value", ["m"], {"m": (0, 0, 1)})
+    (band,) = ax.collections
+    top = max(v[1] for path in band.get_paths() for v in path.vertices)
+    assert top == 100.0
+    plt.close(fig)
