@@ -54,7 +54,7 @@ bench: install
 	$(PY) -m benchmark run $(BENCH_ARGS)
 
 sweep: install
-	$(PY) -m benchmark run --method joint ogm_ge pmr agm mie --dataset $(DATASET) --seeds 0 1 2 \
+	$(PY) -m benchmark run --method joint ogm_ge pmr agm mie unimodal --dataset $(DATASET) --seeds 0 1 2 \
 		--launcher $(LAUNCHER) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(PROFILE),--profile $(PROFILE)) \
 		$(if $(WAIT),--wait)
 

@@ -46,9 +46,22 @@ RUN_DEFAULTS: dict[str, Any] = {
     "compile": False,  # torch.compile the encoders (speed only; float rounding may differ)
     "compile_mode": "default",  # torch.compile mode; reduce-overhead adds CUDA graphs
     "device": "auto",  # auto | cpu | cuda | cuda:N (does not change the run id)
+    # linear probes of each encoder (benchmark/probes.py; evaluation only, not in the run id):
+    "probe_every": "last",  # every N-th epoch | "last" | 0 = never (+ last and new-best epochs)
+    "probe_fraction": 0.25,  # stratified part of the train split the probes are fitted on
 }
 # Settings that do not change what a run computes: left out of the run id.
-NOT_IN_RUN_ID = frozenset({"workers", "device", "eval_batch_size", "compile", "compile_mode"})
+NOT_IN_RUN_ID = frozenset(
+    {
+        "workers",
+        "device",
+        "eval_batch_size",
+        "compile",
+        "compile_mode",
+        "probe_every",
+        "probe_fraction",
+    }
+)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CHOICES: dict[str, Sequence[str]] = {
     "protocol": ("benchmark", "paper"),
@@ -134,6 +147,14 @@ def _check_settings(settings: Mapping[str, Any]) -> None:
         raise UserError(
             f"workers must be auto or a number >= 0, got {workers!r} (e.g. --set workers=8)"
         )
+    every = settings["probe_every"]
+    if every != "last" and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
+        raise UserError(
+            f"probe_every must be last or an epoch count >= 0, got {every!r} "
+            "(e.g. --set probe_every=5)"
+        )
+    if not 0.0 < settings["probe_fraction"] <= 1.0:
+        raise UserError(f"probe_fraction must be in (0, 1], got {settings['probe_fraction']!r}")
     for key in ("epochs", "batch_size", "eval_batch_size", "frames", "crop_size"):
         if not isinstance(settings[key], int) or settings[key] < 1:
             raise UserError(f"{key} must be a positive integer, got {settings[key]!r}")

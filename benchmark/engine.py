@@ -27,9 +27,12 @@ from tqdm.auto import tqdm
 
 from benchmark import runlock, runstore
 from benchmark.config import RunConfig
+from benchmark.contribution import cached_encoders, contribution_row, subset_batches
+from benchmark.cost import cost_block
 from benchmark.data import RunData, open_dataset
 from benchmark.fingerprint import code_fingerprint
 from benchmark.metrics import classification_metrics
+from benchmark.probes import encoder_features, probe_due, probe_row
 from datasets import PreparedDataset
 from methods import Method, RunContext, StepInfo, create_encoder, create_method
 
@@ -165,23 +168,51 @@ def build_method(
 
 @torch.no_grad()
 def evaluate(
-    method: torch.nn.Module, data: RunData, split: str, device: torch.device
+    method: torch.nn.Module,
+    data: RunData,
+    split: str,
+    device: torch.device,
+    features: dict[str, Any] | None = None,
 ) -> dict[str, float]:
-    """Accuracy, macro-F1 and mAP of every head of `method.predict` on one split."""
+    """Accuracy, macro-F1 and mAP of every head of `method.predict` on one split; the fused
+    accuracy with each subset of modalities absent, each modality's Shapley contribution
+    and the fused accuracy without it (`benchmark.contribution`). When `features` is a
+    dict, it receives the encoders' features of the split ({"features": {m: [N, D]},
+    "label": [N]}) for the linear probes."""
     method.eval()
     scores: dict[str, list[torch.Tensor]] = {}
     labels = []
-    for batch in data.loader(split).epoch(0):
-        with autocast(device):
-            out = method.predict(batch)
-        for head, logits in out.items():
-            scores.setdefault(head, []).append(logits.float())
-        labels.append(batch["label"])
+    modalities = list(method.encoders)
+    correct: dict[frozenset[str], torch.Tensor] = {}
+    feats: dict[str, list[torch.Tensor]] = {m: [] for m in modalities}
+    with cached_encoders(method) as encoders:
+        for batch in data.loader(split).epoch(0):
+            for enc in encoders.values():
+                enc.clear()
+            with autocast(device):
+                out = method.predict(batch)
+                for subset, masked in subset_batches(batch, encoders):
+                    hits = (method.predict(masked)["fused"].argmax(dim=1) == batch["label"]).sum()
+                    correct[subset] = correct[subset] + hits if subset in correct else hits
+            for head, logits in out.items():
+                scores.setdefault(head, []).append(logits.float())
+            if features is not None:
+                for m, enc in encoders.items():
+                    feats[m].append(enc.features(batch[m]).float())
+            labels.append(batch["label"])
+        for enc in encoders.values():
+            enc.clear()
     y = torch.cat(labels).cpu().numpy()
     row = {}
     for head, parts in scores.items():
         for name, value in classification_metrics(torch.cat(parts).cpu().numpy(), y).items():
             row[f"{split}/{head}/{name}"] = value
+    values = {s: float(c.cpu()) / len(y) for s, c in correct.items()}
+    values[frozenset(modalities)] = row[f"{split}/fused/acc"]
+    row.update(contribution_row(split, values, modalities))
+    if features is not None:
+        features["features"] = {m: torch.cat(v) for m, v in feats.items()}
+        features["label"] = torch.cat(labels)
     return row
 
 
@@ -206,6 +237,16 @@ def summarise(cfg: RunConfig, rows: list[dict[str, Any]], heads: list[str]) -> d
                 key = f"{split}/{head}/{metric}"
                 summary[key] = best[key]
                 summary[f"last/{key}"] = last[key]
+        for m in heads[1:]:  # evaluation-only measures, where the epoch has them
+            for key in (
+                f"{split}/{m}/probe_acc",
+                f"{split}/{m}/contribution",
+                f"{split}/fused_without_{m}/acc",
+            ):
+                if key in best:
+                    summary[key] = best[key]
+                if key in last:
+                    summary[f"last/{key}"] = last[key]
     return summary
 
 
@@ -402,8 +443,19 @@ def _train(
         }
         row.update({f"train/{k}": float(v.cpu()) / len(data.train) for k, v in sums.items()})
         row.update({f"train/{k}": float(v) for k, v in diagnostics.items()})
+        evaluated = {}
         for split in ("val", "test"):
-            row.update(evaluate(method, data, split, device))
+            found: dict[str, Any] = {}
+            row.update(evaluate(method, data, split, device, features=found))
+            evaluated[split] = (found["features"], found["label"])
+        improves = all(row[SELECT_KEY] > r[SELECT_KEY] for r in rows)
+        if probe_due(epoch, epochs, cfg.settings["probe_every"], improves):
+            t_probe = time.perf_counter()
+            train_part = data.batches("train", fraction=cfg.settings["probe_fraction"])
+            train_feats = encoder_features(method.encoders, train_part, lambda: autocast(device))
+            row.update(probe_row(train_feats, evaluated, ds.num_classes))
+            row["probe_seconds"] = time.perf_counter() - t_probe
+        del evaluated
         rows.append(row)
         runstore.write_metrics(directory, rows)
         runstore.save_checkpoint(
@@ -432,5 +484,7 @@ def _train(
         "code": code["fingerprint"],
         "commit": code["commit"],
     }
+    first = next(iter(data.batches("train", augment=True)))
+    summary["cost"] = cost_block(method, rows, first, device, lambda: autocast(device))
     runstore.write_json(directory / runstore.SUMMARY, summary)
     return summary

@@ -158,23 +158,31 @@ def plot_unimodal_vs_multimodal(stats: pd.DataFrame, metric: str) -> plt.Figure:
     return fig
 
 
-def _lines(ax: plt.Axes, frame: pd.DataFrame, y: str, methods: Sequence[str], colors: dict) -> None:
-    """Mean over seeds per method and epoch, with a +- std band."""
-    sns.lineplot(
-        data=frame.assign(epoch=frame["epoch"] + 1),
-        x="epoch",
-        y=y,
-        hue="method",
-        hue_order=methods,
-        palette=colors,
-        errorbar="sd",
-        err_kws={"alpha": 0.15, "linewidth": 0},
-        marker="o",
-        markersize=2.5,
-        markeredgewidth=0,
-        ax=ax,
-        legend=False,
-    )
+def _lines(
+    ax: plt.Axes,
+    frame: pd.DataFrame,
+    y: str,
+    methods: Sequence[str],
+    colors: dict,
+    bounds: tuple[float | None, float | None] = (0.0, 100.0),
+) -> None:
+    """Mean over seeds per method and epoch, with a +- std band clipped to `bounds` (the
+    metric's range: a band above 100% accuracy is not a possible value)."""
+    frame = frame.assign(epoch=frame["epoch"] + 1)
+    for method in methods:
+        part = frame[frame["method"] == method]
+        if part.empty:
+            continue
+        grouped = part.groupby("epoch")[y]
+        mean, std = grouped.mean(), grouped.std(ddof=1).fillna(0.0)
+        low, high = (mean - std).clip(*bounds), (mean + std).clip(*bounds)
+        color = colors[method]
+        ax.plot(
+            mean.index, mean.to_numpy(), color=color, marker="o", markersize=2.5, markeredgewidth=0
+        )
+        ax.fill_between(
+            mean.index, low.to_numpy(), high.to_numpy(), color=color, alpha=0.15, linewidth=0
+        )
     ax.set_xlabel("epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
 
@@ -218,7 +226,7 @@ def plot_training(long: pd.DataFrame, dataset: str, metric: str) -> plt.Figure:
     methods = method_order(part["method"])
     colors = method_colors(methods)
     fig, axes = plt.subplots(2, 1, figsize=(COLUMN_WIDTH, 2.6), sharex=True)
-    _lines(axes[0], loss, "value", methods, colors)
+    _lines(axes[0], loss, "value", methods, colors, bounds=(0.0, None))
     _lines(axes[1], val, "value", methods, colors)
     axes[0].set_ylabel("train loss")
     axes[1].set_ylabel(f"val fused {METRIC_LABELS[metric]} (%)")

@@ -45,6 +45,8 @@ CODE_GLOBS = (
     "benchmark/config.py",
     "benchmark/data.py",
     "benchmark/metrics.py",
+    "benchmark/probes.py",
+    "benchmark/contribution.py",
     "datasets/loader.py",
     "datasets/augment.py",
     "datasets/prepared.py",

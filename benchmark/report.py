@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmark import runstore
+from benchmark import imbalance, runstore
 from benchmark.config import NOT_IN_RUN_ID
 from benchmark.errors import UserError
 from benchmark.metrics import forgetting
@@ -197,11 +197,13 @@ def load_results(
         record["last_epoch"] = int(long["epoch"].max())
         record["heads"] = list(summary.get("heads") or _heads_of(long))
         record["older_code"] = runstore.older_code(directory, summary)
+        record["cost"] = summary.get("cost") or {}
         records.append(record)
         frames.append(long.assign(run_id=record["run_id"]))
         configs.append(_config_items(config))
     runs = pd.DataFrame(
-        records, columns=[*RUN_KEYS, "best_epoch", "last_epoch", "heads", "older_code"]
+        records,
+        columns=[*RUN_KEYS, "best_epoch", "last_epoch", "heads", "older_code", "cost"],
     )
     runs = _filter(runs, "dataset", datasets)
     runs = _filter(runs, "method", methods)
@@ -621,10 +623,64 @@ def write_tables(
         tables_text(forget, modalities, forget_cols, caption.replace("±", "$\\pm$"), latex=True),
         "# Modality forgetting\n\n",
     )
+    imb = imbalance.with_reference(stats)
+    text = imbalance.caption(stats, when)
+    _write_three(
+        tables / "imbalance",
+        imb.assign(split="test", select=select),
+        tables_text(imb, modalities, imbalance.imbalance_columns, text, latex=False),
+        tables_text(
+            imb, modalities, imbalance.imbalance_columns, text.replace("±", "$\\pm$"), True
+        ),
+        "# Imbalance: each modality against its unimodal reference\n\n",
+    )
+    costs, text = cost_table(results.runs)
+    costs.to_csv(tables / "cost.csv", index=False, float_format="%.4f")
+    (tables / "cost.md").write_text(text)
     published = published if published is not None else pd.DataFrame(columns=PAPER_COLUMNS)
     comparison = paper_vs_ours(stats, published)
     (tables / "paper_vs_ours.md").write_text(paper_vs_ours_markdown(comparison, sorted(heads)))
     return {"stats": stats, "curves": curves, "forgetting": forget, "comparison": comparison}
+
+
+COST_FIELDS = {  # summary.json cost field -> (column title, scale)
+    "parameters": ("parameters (M)", 1e-6),
+    "train_flops_per_sample": ("train MFLOPs/sample", 1e-6),
+    "peak_memory_bytes": ("peak memory (MiB)", 1 / 2**20),
+    "seconds_per_epoch": ("s/epoch", 1.0),
+    "probe_seconds": ("probe s", 1.0),
+}
+
+
+def cost_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Per dataset and method: the mean over seeds of each cost field of summary.json
+    (blank for runs that predate it); the CSV frame and the Markdown text."""
+    records = []
+    for _, run in runs.iterrows():
+        cost = run.get("cost") if isinstance(run.get("cost"), dict) else {}
+        row = {"dataset": run["dataset"], "method": run["method"]}
+        for key, (title, scale) in COST_FIELDS.items():
+            value = cost.get(key)
+            if key == "parameters" and isinstance(value, dict):
+                value = value.get("total")
+            row[title] = value * scale if isinstance(value, int | float) else math.nan
+        records.append(row)
+    titles = [t for t, _ in COST_FIELDS.values()]
+    frame = pd.DataFrame(records, columns=["dataset", "method", *titles])
+    frame = frame.groupby(["dataset", "method"], sort=False)[titles].mean().reset_index()
+    parts = ["# Cost\n"]
+    for dataset in sorted(frame["dataset"].unique()):
+        part = frame[frame["dataset"] == dataset].set_index("method")
+        body = [
+            [m, *("–" if math.isnan(v) else f"{v:.3g}" for v in part.loc[m, titles])]
+            for m in method_order(part.index)
+        ]
+        parts.append(
+            f"### {dataset}\n\nMean over seeds; peak memory is CUDA's peak allocated, or the "
+            "process's peak RSS on the CPU; blank: runs that predate the cost record.\n\n"
+            + markdown_table(["method", *titles], body)
+        )
+    return frame, "\n".join(parts)
 
 
 def _write_three(stem: Path, frame: pd.DataFrame, md: str, tex: str, title: str) -> None:
@@ -673,10 +729,11 @@ def main(results: Path, args: Any) -> int:
     print((out / "tables" / "forgetting.md").read_text())
     written = [
         out / "tables" / f"{stem}.{ext}"
-        for stem in ("main", "forgetting")
+        for stem in ("main", "forgetting", "imbalance")
         for ext in ("md", "tex", "csv")
     ]
     written.append(out / "tables" / "paper_vs_ours.md")
+    written += [out / "tables" / "cost.md", out / "tables" / "cost.csv"]
     if not getattr(args, "no_figures", False):
         from benchmark.figures import write_figures
 

@@ -127,6 +127,7 @@ DEFAULTS: dict[str, Any] = {
     "scheduler": "cosine",
     "crop_size": 16,
     "crop_scale": [0.6, 1.0],
+    "probe_every": 1,  # epochs are cheap: probe the encoders after every one
     "hflip": False,  # a mirrored digit is another symbol
 }
 

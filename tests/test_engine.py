@@ -8,7 +8,7 @@ import time
 
 from helpers import ROOT, run_cli
 
-TIMING = ("seconds", "samples_per_s")
+TIMING = ("seconds", "samples_per_s", "probe_seconds")
 
 
 def metrics(results):

@@ -20,6 +20,7 @@ DIAGNOSTICS = {
         "train/sigma_min_audio_l0",
         "train/sigma_mean_visual_l1",
     ],
+    "unimodal": ["train/loss_audio", "train/loss_visual"],
 }
 
 
@@ -55,3 +56,13 @@ def test_method_trains_on_synth_and_logs_diagnostics(method, seed, weak_synth, t
     # even OGM-GE, which slows it down on purpose
     assert summary["test/audio/acc"] > 0.3
     assert 0.0 <= summary["test/visual/acc"] <= 1.0
+    # issue 12: probes (synth probes every epoch), contributions, missing-modality accuracy
+    for split in ("val", "test"):
+        for m in ("audio", "visual"):
+            for key in (f"{m}/probe_acc", f"{m}/contribution", f"fused_without_{m}/acc"):
+                assert f"{split}/{key}" in summary, f"{method}: no {split}/{key} in summary"
+                assert all(f"{split}/{key}" in r for r in rows)
+    cost = summary["cost"]
+    assert cost["train_flops_per_sample"] > 0, f"{method}: FLOPs not counted"
+    assert cost["parameters"]["encoder/audio"] > 0 and cost["peak_memory_bytes"] > 0
+    assert cost["seconds_per_epoch"] > 0

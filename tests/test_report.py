@@ -360,3 +360,54 @@ def test_method_colours_are_fixed_by_name_not_by_subset():
     assert method_colors(["mie"])["mie"] == everything["mie"]
     assert len(set(everything.values())) == 5
     assert np.allclose(everything["joint"], method_colors(["joint", "zeta"])["joint"])
+
+
+def test_imbalance_table_of_an_old_tree_has_blanks_and_a_note(tmp_path, capsys):
+    """The bundled tree predates probes, contributions and `unimodal`: the imbalance table
+    is still written, with its head accuracies, blank new cells and the missing-reference note."""
+    assert cli_main(["report", "--results", str(TREE), "--out", str(tmp_path), "--no-figures"]) == 0
+    text = (tmp_path / "tables" / "imbalance.md").read_text()
+    assert "No `unimodal` run here" in text
+    mie = next(line for line in text.splitlines() if line.startswith("| mie"))
+    cells = [c.strip() for c in mie.strip("|").split("|")]
+    assert cells[1] != "–" and cells[2] != "–"  # fused acc and the audio head are there
+    assert cells[3:6] == ["–", "–", "–"]  # probe, ref, gap: not measured in this tree
+    assert (tmp_path / "tables" / "imbalance.tex").exists()
+    cost = (tmp_path / "tables" / "cost.md").read_text()
+    assert "| mie | – | – | – | – | – |" in cost  # no cost record in old runs: blanks
+
+
+def test_imbalance_reference_and_gap_come_from_the_unimodal_run():
+    from benchmark.imbalance import with_reference
+
+    stats = pd.DataFrame(
+        [
+            ["d", "joint", "audio", "acc", 40.0, 1.0, 3],
+            ["d", "joint", "audio", "probe_acc", 50.0, 2.0, 3],
+            ["d", "unimodal", "audio", "acc", 60.0, 3.0, 3],
+        ],
+        columns=["dataset", "method", "head", "metric", "mean", "std", "n"],
+    )
+    out = with_reference(stats).set_index(["method", "metric"])
+    assert out.loc[("joint", "reference"), "mean"] == 60.0
+    assert out.loc[("joint", "gap"), "mean"] == 10.0
+
+
+def test_std_bands_are_clipped_to_the_metric_range():
+    """Two seeds at 90% and 100%: mean 95, std 7.1; the band stops at 100%."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmark.figures import _lines
+
+    frame = pd.DataFrame(
+        {"epoch": [0, 0, 1, 1], "method": ["m"] * 4, "value": [90.0, 100.0, 90.0, 100.0]}
+    )
+    fig, ax = plt.subplots()
+    _lines(ax, frame, "value", ["m"], {"m": (0, 0, 1)})
+    (band,) = ax.collections
+    top = max(v[1] for path in band.get_paths() for v in path.vertices)
+    assert top == 100.0
+    plt.close(fig)
