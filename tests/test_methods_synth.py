@@ -20,6 +20,13 @@ DIAGNOSTICS = {
         "train/sigma_min_audio_l0",
         "train/sigma_mean_visual_l1",
     ],
+    "mmpareto": [
+        "train/cos_audio",
+        "train/conflict_visual",
+        "train/alpha_audio",
+        "train/ratio_visual",
+        "train/scale_audio",
+    ],
 }
 
 
