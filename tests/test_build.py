@@ -111,6 +111,7 @@ OPTIONS = [
     ("mie", {"variant": "official", "rho": 1e-10}),
     ("mie", {"head": "linear"}),
     ("mie", {"schedule": [["visual", 1], ["audio", 1]]}),
+    ("mmpareto", {"norm_scope": "encoder"}),
 ]
 
 

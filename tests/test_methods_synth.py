@@ -21,6 +21,13 @@ DIAGNOSTICS = {
         "train/sigma_mean_visual_l1",
     ],
     "unimodal": ["train/loss_audio", "train/loss_visual"],
+    "mmpareto": [
+        "train/cos_audio",
+        "train/conflict_visual",
+        "train/alpha_audio",
+        "train/ratio_visual",
+        "train/scale_audio",
+    ],
 }
 
 
