@@ -20,6 +20,7 @@ DIAGNOSTICS = {
         "train/sigma_min_audio_l0",
         "train/sigma_mean_visual_l1",
     ],
+    "mmcosine": ["train/wnorm_audio", "train/cos_y_visual", "train/acc_audio", "train/raw_acc"],
 }
 
 
