@@ -116,6 +116,8 @@ OPTIONS = [
     ("mie", {"head": "linear"}),
     ("mie", {"schedule": [["visual", 1], ["audio", 1]]}),
     ("mmcosine", {"variant": "official", "nce_lambda": 0.1}),
+    ("inforeg", {"variant": "v1"}),
+    ("inforeg", {"variant": "v2"}),
 ]
 
 

@@ -21,6 +21,7 @@ DIAGNOSTICS = {
         "train/sigma_mean_visual_l1",
     ],
     "mmcosine": ["train/wnorm_audio", "train/cos_y_visual", "train/acc_audio", "train/raw_acc"],
+    "inforeg": ["train/beta_audio", "train/trace_visual", "train/k", "train/prox_audio"],
 }
 
 
