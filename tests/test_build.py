@@ -118,6 +118,7 @@ OPTIONS = [
     ("mmcosine", {"variant": "official", "nce_lambda": 0.1}),
     ("inforeg", {"variant": "v1"}),
     ("inforeg", {"variant": "v2"}),
+    ("greedy", {"variant": "official", "warmup_epochs": 0, "alpha": 0.0}),
 ]
 
 

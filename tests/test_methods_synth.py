@@ -22,6 +22,13 @@ DIAGNOSTICS = {
     ],
     "mmcosine": ["train/wnorm_audio", "train/cos_y_visual", "train/acc_audio", "train/raw_acc"],
     "inforeg": ["train/beta_audio", "train/trace_visual", "train/k", "train/prox_audio"],
+    "greedy": [
+        "train/d",
+        "train/curation",
+        "train/care_audio",
+        "train/gate2_visual",
+        "train/u_audio",
+    ],
 }
 
 
