@@ -119,6 +119,8 @@ OPTIONS = [
     ("inforeg", {"variant": "v1"}),
     ("inforeg", {"variant": "v2"}),
     ("greedy", {"variant": "official", "warmup_epochs": 0, "alpha": 0.0}),
+    ("g_blending", {"mode": "offline", "estimate_epochs": 1}),
+    ("g_blending", {"weights": [0.2, 0.3, 0.5]}),
 ]
 
 
