@@ -116,8 +116,10 @@ def masked_ce(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) ->
 
 @register_method("g_blending")
 class GBlending(Method):
-    """G-Blending (Wang et al., CVPR 2020): weighted unimodal + fused losses, the weights from
-    each branch's overfitting-to-generalisation ratio on held-out train samples."""
+    """G-Blending (Wang et al., CVPR 2020): unimodal + fused losses weighted by held-out OGR.
+
+    Each branch's weight comes from its overfitting-to-generalisation ratio on train samples
+    held out of training."""
 
     min_modalities = 2
     defaults: dict[str, Any] = {

@@ -159,8 +159,10 @@ class MMTM(nn.Module):
 
 @register_method("greedy")
 class Greedy(Method):
-    """Greedy (Wu et al., ICML 2022): MMTM intermediate fusion, re-balancing steps driven by
-    the conditional learning speeds of the two modalities."""
+    """Greedy (Wu et al., ICML 2022): MMTM fusion, re-balanced by conditional learning speed.
+
+    Re-balancing steps hold one modality's MMTM gates at their running means, the modality
+    chosen from the difference of the two conditional learning speeds."""
 
     min_modalities = 2
     defaults: dict[str, Any] = {

@@ -158,8 +158,10 @@ def trace_increment(grads: list[torch.Tensor], device: torch.device | None = Non
 
 @register_method("inforeg")
 class InfoReg(Method):
-    """InfoReg (Huang et al., CVPR 2025): a proximal pull on the leading modality's encoder
-    in the early epochs where information is acquired fastest."""
+    """InfoReg (Huang et al., CVPR 2025): proximal pull on the leading encoder, early epochs.
+
+    The pull acts in the prime learning window, the early epochs where information is
+    acquired fastest."""
 
     min_modalities = 2
     defaults: dict[str, Any] = {
