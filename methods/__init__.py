@@ -14,7 +14,19 @@ from methods.encoders import create_encoder, list_encoders
 from methods.fusion import create_fusion, list_fusions
 from methods.registry import METHODS, MethodConfigError, register_method
 
-_METHOD_MODULES = ("joint", "ogm_ge", "pmr", "agm", "mie", "unimodal", "mmpareto")
+_METHOD_MODULES = (
+    "joint",
+    "ogm_ge",
+    "pmr",
+    "agm",
+    "mie",
+    "unimodal",
+    "mmpareto",
+    "mmcosine",
+    "inforeg",
+    "greedy",
+    "g_blending",
+)
 
 for _module in _METHOD_MODULES:
     importlib.import_module(f"methods.{_module}")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torchvision.models import resnet18
+from torchvision.models import ResNet, resnet18
 
 from methods.registry import ENCODERS, MethodConfigError, register_encoder
 
@@ -49,6 +49,24 @@ class FrameEncoder(nn.Module):
             b, k = x.shape[:2]
             return self.net(x.flatten(0, 1)).view(b, k, -1).mean(dim=1)
         return self.net(x)
+
+    def stages(self) -> list[nn.Module]:
+        """The 2D network as its four stages, in order (not registered again: the modules are
+        the encoder's own). Running them one after the other, then a global average pool
+        (and, for visual input, the mean over frames), is `forward`; the feature maps between
+        them are what intermediate-fusion methods join (Greedy's MMTM blocks). ResNet18:
+        stem + layer1, layer2, layer3, layer4; the small CNN: its four conv blocks. Raises
+        MethodConfigError for a network whose stages are unknown."""
+        net = self.net
+        if isinstance(net, ResNet):
+            stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
+            return [stem, net.layer2, net.layer3, net.layer4]
+        if isinstance(net, nn.Sequential) and len(net) == 14:  # build_small_cnn's layout
+            return [nn.Sequential(*list(net)[3 * i : 3 * i + 3]) for i in range(4)]
+        raise MethodConfigError(
+            f"encoder network {type(net).__name__} has no known stages to join; the encoders "
+            "with stages are resnet18 and small"
+        )
 
 
 def _in_channels(kind: str) -> int:

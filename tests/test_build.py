@@ -79,10 +79,14 @@ def test_method_with_encoder(method, encoder):
     check(model, train_three_steps(model))
 
 
+# Options some methods need with some fusion heads (a no-op with the others).
+FUSION_HP = {"mmcosine": {"head": "symmetric"}}  # the suite's film/gated have no slices
+
+
 @pytest.mark.parametrize("fusion", list_fusions())
 @pytest.mark.parametrize("method", list_methods())
 def test_method_with_fusion(method, fusion):
-    model = build(method, fusion=fusion)
+    model = build(method, fusion=fusion, hp=FUSION_HP.get(method))
     check(model, train_three_steps(model))
 
 
@@ -112,6 +116,12 @@ OPTIONS = [
     ("mie", {"head": "linear"}),
     ("mie", {"schedule": [["visual", 1], ["audio", 1]]}),
     ("mmpareto", {"norm_scope": "encoder"}),
+    ("mmcosine", {"variant": "official", "nce_lambda": 0.1}),
+    ("inforeg", {"variant": "v1"}),
+    ("inforeg", {"variant": "v2"}),
+    ("greedy", {"variant": "official", "warmup_epochs": 0, "alpha": 0.0}),
+    ("g_blending", {"mode": "offline", "estimate_epochs": 1}),
+    ("g_blending", {"weights": [0.2, 0.3, 0.5]}),
 ]
 
 

@@ -28,6 +28,16 @@ DIAGNOSTICS = {
         "train/ratio_visual",
         "train/scale_audio",
     ],
+    "mmcosine": ["train/wnorm_audio", "train/cos_y_visual", "train/acc_audio", "train/raw_acc"],
+    "inforeg": ["train/beta_audio", "train/trace_visual", "train/k", "train/prox_audio"],
+    "g_blending": ["train/w_audio", "train/w_fused", "train/ce_fused", "train/acc_audio"],
+    "greedy": [
+        "train/d",
+        "train/curation",
+        "train/care_audio",
+        "train/gate2_visual",
+        "train/u_audio",
+    ],
 }
 
 
@@ -52,6 +62,8 @@ def test_method_trains_on_synth_and_logs_diagnostics(method, seed, weak_synth, t
     overrides = {"epochs": 2, "workers": 0}
     if method == "mie":
         overrides["t_refresh"] = 5  # refresh T within the short run
+    if method == "g_blending":
+        overrides["super_epoch"] = 3  # weights from 3-epoch copies at epoch 0
     cfg = resolve(method, ds.name, str(ds.root), defaults, seed, overrides)
     summary = train_run(cfg, tmp_path, data_root, progress=False)
     rows = read_metrics(run_dir(tmp_path, cfg))
