@@ -194,11 +194,11 @@ def evaluate(
                 for subset, masked in subset_batches(batch, encoders):
                     hits = (method.predict(masked)["fused"].argmax(dim=1) == batch["label"]).sum()
                     correct[subset] = correct[subset] + hits if subset in correct else hits
+                if features is not None:  # cached when predict ran the encoder (one pass)
+                    for m, enc in encoders.items():
+                        feats[m].append(enc(batch[m]).float())
             for head, logits in out.items():
                 scores.setdefault(head, []).append(logits.float())
-            if features is not None:
-                for m, enc in encoders.items():
-                    feats[m].append(enc.features(batch[m]).float())
             labels.append(batch["label"])
         for enc in encoders.values():
             enc.clear()
