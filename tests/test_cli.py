@@ -107,7 +107,8 @@ def test_missing_espeak_ng_is_one_line_with_the_fix(tmp_path):
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "espeak-ng" in lines[0] and "install" in lines[0]
+    assert lines[0].startswith("avdigits: first use, generating")  # the progress note
+    assert len(lines) == 2 and "espeak-ng" in lines[1] and "install" in lines[1]
     assert tree(results) == []
     assert not (tmp_path / "data" / "avdigits" / "meta.json").exists()
 

@@ -27,7 +27,7 @@ from datasets import PreparedDataset
 from datasets.atomic import DiskFullError, write_text
 from datasets.atomic import tmp_path as temporary_name
 
-TIMING = ("seconds", "samples_per_s")
+TIMING = ("seconds", "samples_per_s", "probe_seconds")
 
 
 def _can_mount_tmpfs(where: Path) -> bool:

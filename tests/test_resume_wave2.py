@@ -11,7 +11,7 @@ from benchmark.data import open_dataset, prepare_dataset
 from benchmark.engine import train_run
 from benchmark.runstore import read_metrics, run_dir
 
-TIMING = ("seconds", "samples_per_s")
+TIMING = ("seconds", "samples_per_s", "probe_seconds")
 CASES = {
     "mmcosine": {},
     "inforeg": {"tau": 0.3},  # the window closes within the run
