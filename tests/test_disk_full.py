@@ -42,6 +42,19 @@ def _can_mount_tmpfs(where: Path) -> bool:
     return proc.returncode == 0
 
 
+def in_mount_namespace(script: str) -> subprocess.CompletedProcess:
+    """Run shell `script` in a private mount namespace, from the checkout, with the suite
+    importable (its mounts vanish with it)."""
+    return subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=600,
+    )
+
+
 def in_tmpfs(size: int, mount: Path, out: Path, *cli: str) -> subprocess.CompletedProcess:
     """`python -m benchmark CLI` with a `size`-byte tmpfs on `mount`; what it left there
     is copied to `out`."""
@@ -52,14 +65,7 @@ def in_tmpfs(size: int, mount: Path, out: Path, *cli: str) -> subprocess.Complet
         f"mount -t tmpfs -o size={size} tmpfs {shlex.quote(str(mount))} || exit 99; "
         f"{command}; rc=$?; cp -a {shlex.quote(str(mount))}/. {shlex.quote(str(out))}; exit $rc"
     )
-    proc = subprocess.run(
-        ["unshare", "--mount", "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=600,
-    )
+    proc = in_mount_namespace(script)
     assert proc.returncode != 99, proc.stderr
     return proc
 
@@ -140,14 +146,7 @@ def test_prepare_on_a_full_disk_keeps_the_previous_dataset(tmp_path: Path) -> No
         f"cp -a {shlex.quote(str(mount))}/. {shlex.quote(str(copy))}; exit $rc"
     )
     copy.mkdir()
-    proc = subprocess.run(
-        ["unshare", "--mount", "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=600,
-    )
+    proc = in_mount_namespace(script)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     line = _error_line(proc.stderr)
     assert f"no space left for {out}: it needs" in line and "free there" in line
