@@ -131,7 +131,11 @@ def configure_backends(device: torch.device) -> None:
 
 
 def build_method(
-    cfg: RunConfig, ds: PreparedDataset, device: torch.device, steps_per_epoch: int
+    cfg: RunConfig,
+    ds: PreparedDataset,
+    device: torch.device,
+    steps_per_epoch: int,
+    run_dir: Path | None = None,
 ) -> Method:
     """The run's method with fresh encoders, built on `device`: channels_last on CUDA, and
     each encoder compiled in place (`nn.Module.compile`, state-dict keys unchanged) when
@@ -144,6 +148,7 @@ def build_method(
         modalities={m: spec.kind for m, spec in ds.modalities.items()},
         settings=cfg.settings,
         seed=cfg.seed,
+        run_dir=run_dir,
     )
     with torch.device(device):
         encoders = {
@@ -383,10 +388,10 @@ def _train(
     seed_everything(cfg.seed)
     configure_backends(device)
     data = RunData(ds, cfg.settings, cfg.seed, device)
-    method = build_method(cfg, ds, device, steps_per_epoch=len(data.train))
+    directory.mkdir(parents=True, exist_ok=True)
+    method = build_method(cfg, ds, device, steps_per_epoch=len(data.train), run_dir=directory)
     heads = ["fused", *ds.modalities]
 
-    directory.mkdir(parents=True, exist_ok=True)
     start, rows = _resume(cfg, directory, method)
     env = environment()
     code = {"fingerprint": code_fingerprint(cfg.method), "commit": env["git_commit"]}

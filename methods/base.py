@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -42,6 +43,10 @@ class RunContext:
     modalities: dict[str, str]  # modality name -> kind ("audio" | "visual")
     settings: Mapping[str, Any] = field(default_factory=dict)  # optimiser, fusion, ...
     seed: int = 0
+    # The run's directory in the run store, for state a method keeps beside the engine's
+    # checkpoint (e.g. UMT's teachers); None where nothing is stored (speed, unit tests).
+    # Files a method writes there must be written atomically (datasets/atomic.py).
+    run_dir: Path | None = None
 
 
 @dataclass
