@@ -48,7 +48,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "device": "auto",  # auto | cpu | cuda | cuda:N (does not change the run id)
     # linear probes of each encoder (benchmark/probes.py; evaluation only, not in the run id):
     "probe_every": "last",  # every N-th epoch | "last" | 0 = never (+ last and new-best epochs)
-    "probe_fraction": 0.25,  # stratified part of the train split the probes are fitted on
+    "probe_fraction": 0.2,  # stratified part of the train split the probes are fitted on
 }
 # Settings that do not change what a run computes: left out of the run id.
 NOT_IN_RUN_ID = frozenset(

@@ -4,7 +4,7 @@ import torch
 
 from benchmark.config import resolve
 from benchmark.engine import train_run
-from benchmark.probes import fit_probe, probe_due
+from benchmark.probes import fit_probe, fit_probes, probe_due
 from benchmark.runstore import read_metrics, run_dir
 
 
@@ -37,6 +37,20 @@ def test_l2_is_chosen_on_val_only():
     grid = (1e-4, 10.0)
     assert fit_probe(xt, yt, xv, yv, 5, l2_grid=grid).l2 in grid
     assert fit_probe(xt, yt, xv, torch.full_like(yv, -1), 5, l2_grid=grid).l2 == max(grid)
+
+
+def test_modalities_fitted_together_equal_separate_fits():
+    """The batched fit (zero-padded to one width) solves each modality's own problem: the
+    same choice of l2 and, up to the optimiser's tolerance, the same predictions."""
+    (xa, ya), (va, yva) = _planted(300, 0, dim=32), _planted(200, 1, dim=32)
+    xb, vb = xa[:, :12] * 3 + 1, va[:, :12] * 3 + 1  # another width, scale and offset
+    together = fit_probes({"a": xa, "b": xb}, ya, {"a": va, "b": vb}, yva, 5, iters=200)
+    for name, (x, v) in {"a": (xa, va), "b": (xb, vb)}.items():
+        alone = fit_probe(x, ya, v, yva, 5, iters=200)
+        assert together[name].l2 == alone.l2
+        assert together[name].weight.shape == alone.weight.shape
+        agree = (together[name].logits(v).argmax(1) == alone.logits(v).argmax(1)).float().mean()
+        assert agree > 0.99
 
 
 def test_probes_do_not_change_training(synth, data_root, tmp_path):
