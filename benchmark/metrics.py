@@ -1,4 +1,4 @@
-"""Evaluation metrics (accuracy, macro-F1, mAP) and forgetting, as pure numpy functions."""
+"""Evaluation metrics (accuracy, macro-F1, mAP, cross-entropy) and forgetting, as pure numpy functions."""
 
 from __future__ import annotations
 
@@ -36,12 +36,23 @@ def mean_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(ap[positives > 0].mean())
 
 
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean -log softmax(logits)[y] over the samples (float64, max-shifted)."""
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-log_p[np.arange(len(labels)), labels].mean())
+
+
 def classification_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """{"acc", "f1", "map"} for one head's scores (logits or probabilities) [N, C]."""
+    """{"acc", "f1", "map", "ce"} for one head's logits [N, C]. Every method's `predict`
+    returns logits or log-probabilities, so "ce" (the cross-entropy of the head) is one
+    quantity comparable across methods, whatever objective each of them trains on."""
     return {
         "acc": accuracy(scores, labels),
         "f1": macro_f1(scores, labels),
         "map": mean_average_precision(scores, labels),
+        "ce": cross_entropy(scores, labels),
     }
 
 

@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, f1_score
+from sklearn.metrics import average_precision_score, f1_score, log_loss
 
 from benchmark.metrics import (
     accuracy,
     classification_metrics,
+    cross_entropy,
     forgetting,
     macro_f1,
     mean_average_precision,
@@ -32,6 +33,15 @@ def test_map_by_hand():
     assert mean_average_precision(scores, labels) == pytest.approx(((1 + 2 / 3) / 2 + 0.5) / 2)
 
 
+def test_cross_entropy_by_hand():
+    # logits (0, ln 3) -> p = (1/4, 3/4); labels 1 then 0: CE = (ln(4/3) + ln 4) / 2
+    scores = np.array([[0.0, np.log(3)], [0.0, np.log(3)]])
+    expected = (np.log(4 / 3) + np.log(4)) / 2
+    assert cross_entropy(scores, np.array([1, 0])) == pytest.approx(expected)
+    # invariant to a per-row shift (log-probabilities and logits give the same CE)
+    assert cross_entropy(scores + 1000.0, np.array([1, 0])) == pytest.approx(expected)
+
+
 def test_metrics_agree_with_scikit_learn():
     rng = np.random.default_rng(0)
     scores = rng.normal(size=(200, 5))
@@ -40,6 +50,8 @@ def test_metrics_agree_with_scikit_learn():
     assert m["f1"] == pytest.approx(f1_score(labels, scores.argmax(1), average="macro"))
     onehot = np.eye(5)[labels]
     assert m["map"] == pytest.approx(average_precision_score(onehot, scores, average="macro"))
+    probs = np.exp(scores) / np.exp(scores).sum(1, keepdims=True)
+    assert m["ce"] == pytest.approx(log_loss(labels, probs, labels=range(5)))
 
 
 def test_forgetting_is_running_max_minus_current():
