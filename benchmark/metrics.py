@@ -1,4 +1,5 @@
-"""Evaluation metrics (accuracy, macro-F1, mAP, cross-entropy) and forgetting, as pure numpy functions."""
+"""Evaluation metrics (accuracy, macro-F1, mAP, cross-entropy) and forgetting, as pure
+numpy functions."""
 
 from __future__ import annotations
 

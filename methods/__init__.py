@@ -25,6 +25,7 @@ _METHOD_MODULES = (
     "mmcosine",
     "inforeg",
     "greedy",
+    "relearn",
     "g_blending",
 )
 

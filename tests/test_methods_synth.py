@@ -31,6 +31,13 @@ DIAGNOSTICS = {
     "mmcosine": ["train/wnorm_audio", "train/cos_y_visual", "train/acc_audio", "train/raw_acc"],
     "inforeg": ["train/beta_audio", "train/trace_visual", "train/k", "train/prox_audio"],
     "g_blending": ["train/w_audio", "train/w_fused", "train/ce_fused", "train/acc_audio"],
+    "relearn": [
+        "train/event",
+        "train/purity_train_audio",
+        "train/gap_visual",
+        "train/alpha_audio",
+        "train/init_dist_visual",
+    ],
     "greedy": [
         "train/d",
         "train/curation",

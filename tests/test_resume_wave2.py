@@ -1,6 +1,7 @@
 """The second-wave methods resume exactly on the CPU: a run stopped after an epoch and
 restarted from its checkpoint logs the same metrics as an uninterrupted one (their state:
-InfoReg's traces, Greedy's state machine and running gates, G-Blending's weights)."""
+InfoReg's traces, Greedy's state machine and running gates, G-Blending's weights,
+Re-learning's initial weights)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ CASES = {
     "inforeg": {"tau": 0.3},  # the window closes within the run
     "greedy": {"warmup_epochs": 1, "alpha": 0.0, "util_fraction": 0.0},
     "g_blending": {"super_epoch": 2},  # estimations at epochs 0 and 2
+    "relearn": {"period": 1},  # an event at the start of epoch 2, after the resume point
 }
 
 
