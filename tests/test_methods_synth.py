@@ -31,6 +31,7 @@ DIAGNOSTICS = {
     "mmcosine": ["train/wnorm_audio", "train/cos_y_visual", "train/acc_audio", "train/raw_acc"],
     "inforeg": ["train/beta_audio", "train/trace_visual", "train/k", "train/prox_audio"],
     "g_blending": ["train/w_audio", "train/w_fused", "train/ce_fused", "train/acc_audio"],
+    "reconboost": ["train/stage", "train/phase", "train/beta", "train/q_y", "train/weight"],
     "greedy": [
         "train/d",
         "train/curation",
