@@ -27,6 +27,7 @@ _METHOD_MODULES = (
     "greedy",
     "relearn",
     "g_blending",
+    "reconboost",
 )
 
 for _module in _METHOD_MODULES:

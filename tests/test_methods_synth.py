@@ -38,6 +38,7 @@ DIAGNOSTICS = {
         "train/alpha_audio",
         "train/init_dist_visual",
     ],
+    "reconboost": ["train/stage", "train/phase", "train/beta", "train/q_y", "train/weight"],
     "greedy": [
         "train/d",
         "train/curation",

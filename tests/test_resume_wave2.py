@@ -19,6 +19,7 @@ CASES = {
     "greedy": {"warmup_epochs": 1, "alpha": 0.0, "util_fraction": 0.0},
     "g_blending": {"super_epoch": 2},  # estimations at epochs 0 and 2
     "relearn": {"period": 1},  # an event at the start of epoch 2, after the resume point
+    "reconboost": {"e1": 1, "e2": 1},  # phase 1, phase 2, then stage 1 (visual, with ga)
 }
 
 
