@@ -123,6 +123,7 @@ OPTIONS = [
     ("greedy", {"variant": "official", "warmup_epochs": 0, "alpha": 0.0}),
     ("g_blending", {"mode": "offline", "estimate_epochs": 1}),
     ("g_blending", {"weights": [0.2, 0.3, 0.5]}),
+    ("umt", {"teacher_mode": "train", "teacher_epochs": 1, "lam": 1.0}),
 ]
 
 
