@@ -42,8 +42,9 @@ The teacher stage reads ``data.train.epoch(e)`` where the source has it (the eng
 ``unimodal`` run of the same dataset, seed and settings.
 
 Options (``--set key=value``):
-- ``lam`` (10.0): lambda of U3 (BB ``scaling``, trainer_config.yaml; the paper's value could
-  not be checked).
+- ``lam`` (10.0): lambda of U3 (BB 4c1482f: ``scaling`` 10, configs/trainer_config.yaml, read
+  at UMT_trainer.py:28 and used at :144; an earlier BB commit, 0f68d46, weighted the MSE by
+  ``alpha`` 1 instead; the paper's value could not be checked).
 - ``teacher_epochs`` (0 = the run's epochs): length of stage T.
 - ``teacher_from`` (""): the directory of a finished ``unimodal`` run of the same dataset,
   seed and encoder; its final model (the only state a run keeps) becomes the teachers and
@@ -51,15 +52,27 @@ Options (``--set key=value``):
 - ``teacher_mode`` ("eval"): "train" = BB's departure (UMT_trainer.py:140-143): teachers are
   never put in eval mode, so their BatchNorm uses batch statistics and keeps rewriting its
   running statistics during stage S.
-Other BB departures: teacher = the newest ``unimodalTrainer_<m>`` run's first file
-(UMT_trainer.py:38-53; here an explicit ``teacher_from`` or stage T), MSE via nn.MSELoss (the
-same mean over B x D as U3).
+BB distils only while ``modulation_starts <= epoch <= modulation_ends`` (0 and 80 in its
+config, so in every epoch of its 70-epoch runs), as here. Other BB departures: teacher = the
+newest ``unimodalTrainer_<m>`` run's first file (UMT_trainer.py:38-53; here an explicit
+``teacher_from`` or stage T), MSE via nn.MSELoss (the same mean over B x D as U3).
 
 Diagnostics: per step (averaged per epoch) ``ce`` (the fused CE), ``distill_<m>`` (the MSE of
 U3), ``cos_<m>`` (mean cosine of z^m and t^m); per epoch ``teacher_acc_<m>`` (the kept
 teacher's val accuracy). The student's u^m accuracy is the engine's ``val/<m>/acc``. Cost:
 stage T is inside epoch 0's ``seconds``; a step is one student forward, K teacher forwards
 and one backward.
+
+Paper check: only the abstract and the opening of the introduction (arXiv 2305.01233, the
+ICLR 2023 submission) could be read, so the spec's [paper?] marks stay open: the weight
+lambda, whether the MSE is on pooled features, the teacher selection, and the guiding
+strategy (UME vs UMT, a comparison of runs, not a method option).
+
+Cross-check (no official code exists): BB's training step (UMTTrainer.training_step,
+4c1482f) ported to plain PyTorch outside the repository and run against
+``teacher_mode="train"`` from the same weights and batches for 6 steps across an epoch
+boundary (StepLR), every parameter and buffer compared, teachers' BatchNorm statistics
+included: identical (largest absolute difference 0).
 
 Paper protocol: the paper reports VGGSound, Kinetics-400, UCF101 and ModelNet40, none of the
 suite's datasets; no paper settings are set (``paper_settings`` is empty).
