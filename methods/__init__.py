@@ -21,6 +21,7 @@ _METHOD_MODULES = (
     "agm",
     "mie",
     "unimodal",
+    "umt",
     "mmpareto",
     "mmcosine",
     "inforeg",

@@ -127,6 +127,7 @@ OPTIONS = [
     ("reconboost", {"e1": 1, "e2": 1, "other_mode": "eval", "ga_grad": True}),
     ("reconboost", {"head": "linear", "beta_init": 0.01, "ga_rerun": False}),
     ("reconboost", {"fresh_optimizer_per_phase": False, "w1": 4.0}),
+    ("umt", {"teacher_mode": "train", "teacher_epochs": 1, "lam": 1.0}),
 ]
 
 # Methods whose first epoch trains one modality's learner only (ReconBoost: stage 0, phase 1).

@@ -21,6 +21,12 @@ DIAGNOSTICS = {
         "train/sigma_mean_visual_l1",
     ],
     "unimodal": ["train/loss_audio", "train/loss_visual"],
+    "umt": [
+        "train/ce",
+        "train/distill_audio",
+        "train/cos_visual",
+        "train/teacher_acc_audio",
+    ],
     "mmpareto": [
         "train/cos_audio",
         "train/conflict_visual",

@@ -20,6 +20,7 @@ CASES = {
     "g_blending": {"super_epoch": 2},  # estimations at epochs 0 and 2
     "relearn": {"period": 1},  # an event at the start of epoch 2, after the resume point
     "reconboost": {"e1": 1, "e2": 1},  # phase 1, phase 2, then stage 1 (visual, with ga)
+    "umt": {"teacher_epochs": 2},  # teachers come back from the checkpoint, not retrained
 }
 
 
