@@ -614,8 +614,8 @@ def protocol_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
         return kept, None
     why = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
     note = (
-        f"paper_vs_ours: left out {sum(reasons.values())} run(s) that do not follow the "
-        f"papers' protocol ({why})"
+        f"left out of ours {sum(reasons.values())} run(s) that do not follow the papers' "
+        f"protocol ({why})"
     )
     return kept, note
 
@@ -782,7 +782,7 @@ def write_tables(
         paper_vs_ours_markdown(comparison, sorted(heads), note)
     )
     if note:
-        print(note)
+        print(f"paper_vs_ours: {note}")
     return {
         "stats": stats,
         "curves": curves,
