@@ -195,7 +195,7 @@ def _method_legend(fig: plt.Figure, methods: Sequence[str], colors: dict) -> Non
 def plot_unimodal_vs_multimodal(stats: pd.DataFrame, metric: str) -> plt.Figure:
     """Grouped bars, one row of axes per dataset: methods on the x axis, the fused head
     (solid) and each modality (hatched, lighter) with error bars = std over seeds."""
-    stats = stats[stats["metric"] == metric]
+    stats = stats[(stats["metric"] == metric) & ~stats["head"].str.startswith("fused_")]
     datasets = sorted(stats["dataset"].unique())
     colors = method_colors(stats["method"].unique())
     count = max((stats.loc[stats["dataset"] == d, "method"].nunique() for d in datasets), default=1)
@@ -253,7 +253,7 @@ def plot_unimodal_vs_multimodal(stats: pd.DataFrame, metric: str) -> plt.Figure:
 def _method_ticks(ax: plt.Axes, methods: Sequence[str], colors: dict) -> None:
     """Method names under the x axis, wrapped and slanted so they never overlap, each in
     its method's colour."""
-    ax.set_xticks(np.arange(len(methods)), [wrap_label(m) for m in methods])
+    ax.set_xticks(np.arange(len(methods)), methods)  # slanted: one line each, no wrapping
     ax.set_xlim(-0.6, len(methods) - 0.4)
     for tick, method in zip(ax.get_xticklabels(), methods, strict=True):
         tick.set_rotation(40)
@@ -320,6 +320,7 @@ def plot_forgetting(curves: pd.DataFrame, dataset: str, metric: str) -> plt.Figu
         _lines(axes[0, j], rows, "value", methods, colors)
         _lines(axes[1, j], rows, "forgetting", methods, colors)
         axes[0, j].set_title(modality)
+        axes[0, j].set_xlabel("")
     axes[0, 0].set_ylabel(f"test {METRIC_LABELS[metric]} (%)")
     axes[1, 0].set_ylabel("forgetting (pp)")
     axes[1, 0].set_ylim(0, max(1.0, axes[1, 0].get_ylim()[1]))  # rows share y
@@ -342,7 +343,10 @@ def plot_training(long: pd.DataFrame, dataset: str, metric: str) -> plt.Figure:
     fig, axes = plt.subplots(2, 1, figsize=(COLUMN_WIDTH, 2.6), sharex=True)
     _lines(axes[0], loss, "value", methods, colors, bounds=(0.0, None))
     _lines(axes[1], val, "value", methods, colors)
-    axes[0].set_ylabel("val fused CE")
+    axes[0].set_xlabel("")
+    axes[0].set_ylabel("val fused CE (log)")
+    if not loss.empty:
+        axes[0].set_yscale("log")  # one diverging seed must not flatten the others
     axes[1].set_ylabel(f"val fused {METRIC_LABELS[metric]} (%)")
     without = [m for m in methods if loss[loss["method"] == m].empty]
     if without:

@@ -360,7 +360,8 @@ def aggregate(
 def forgetting_frame(long: pd.DataFrame, split: str = "test", metric: str = "acc") -> pd.DataFrame:
     """Per run, modality and epoch: the modality head's `metric` on `split` and its
     forgetting (running max over epochs so far - current), columns ..., value, forgetting."""
-    rows = long[(long["split"] == split) & (long["metric"] == metric) & (long["head"] != "fused")]
+    modality = ~long["head"].astype(str).str.startswith("fused")  # not fused_without_<m>
+    rows = long[(long["split"] == split) & (long["metric"] == metric) & modality]
     rows = rows.sort_values([*RUN_KEYS, "head", "epoch"]).reset_index(drop=True)
     curves = rows.groupby(["run_id", "head"], sort=False)["value"]
     rows["forgetting"] = curves.transform(lambda s: forgetting(s.to_numpy()))
