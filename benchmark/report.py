@@ -601,12 +601,16 @@ def protocol_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     keep = []
     for _, run in runs.iterrows():
         reason = None
-        if run.get("protocol") != "paper":
-            reason = f"protocol {run.get('protocol') or 'unrecorded'}, not paper"
+        protocol = run.get("protocol")
+        variant = run.get("variant")
+        if protocol != "paper":
+            shown = protocol if isinstance(protocol, str) else "unrecorded"
+            reason = f"protocol {shown}, not paper"
         else:
-            want = paper_epochs(base_method(str(run["method"])), run.get("variant"))
-            if want is not None and run.get("epochs") != want:
-                reason = "fewer/more epochs than the paper"
+            want = paper_epochs(base_method(str(run["method"])), variant if isinstance(variant, str) else None)
+            epochs = run.get("epochs")
+            if want is not None and (pd.isna(epochs) or int(epochs) != want):
+                reason = "epochs other than the paper's"
         keep.append(reason is None)
         if reason:
             reasons[reason] = reasons.get(reason, 0) + 1
