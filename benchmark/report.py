@@ -224,8 +224,15 @@ def load_results(
         configs.append(_config_items(config))
     runs = pd.DataFrame(
         records,
-        columns=[*RUN_KEYS, "best_epoch", "last_epoch", "heads", "older_code", "cost",
-                 *PROTOCOL_FIELDS],
+        columns=[
+            *RUN_KEYS,
+            "best_epoch",
+            "last_epoch",
+            "heads",
+            "older_code",
+            "cost",
+            *PROTOCOL_FIELDS,
+        ],
     )
     runs = _filter(runs, "dataset", datasets)
     runs = _filter(runs, "method", methods)
@@ -607,7 +614,9 @@ def protocol_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
             shown = protocol if isinstance(protocol, str) else "unrecorded"
             reason = f"protocol {shown}, not paper"
         else:
-            want = paper_epochs(base_method(str(run["method"])), variant if isinstance(variant, str) else None)
+            want = paper_epochs(
+                base_method(str(run["method"])), variant if isinstance(variant, str) else None
+            )
             epochs = run.get("epochs")
             if want is not None and (pd.isna(epochs) or int(epochs) != want):
                 reason = "epochs other than the paper's"
