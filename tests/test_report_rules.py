@@ -147,7 +147,7 @@ def test_imbalance_figure_without_unimodal_has_a_note_not_an_error():
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert any("no `unimodal` run" in t for t in texts)
     axhlines = [line for line in fig.axes[0].get_lines() if list(line.get_xdata()) == [0, 1]]
-    assert axhlines == [] and fig.axes[0].patches == []  # no reference line, no band
+    assert axhlines == [] and len(fig.axes[0].patches) == 0  # no reference line, no band
     plt.close(fig)
 
 
