@@ -269,6 +269,7 @@ def _lines(
     methods: Sequence[str],
     colors: dict,
     bounds: tuple[float | None, float | None] = (0.0, 100.0),
+    log: bool = False,
 ) -> None:
     """Mean over seeds per method and epoch, with a +- std band clipped to `bounds` (the
     metric's range: a band above 100% accuracy is not a possible value)."""
@@ -278,9 +279,14 @@ def _lines(
         part = frame[frame["method"] == method]
         if part.empty:
             continue
-        grouped = part.groupby("epoch")[y]
-        mean, std = grouped.mean(), grouped.std(ddof=1).fillna(0.0)
-        low, high = (mean - std).clip(*bounds), (mean + std).clip(*bounds)
+        if log:  # a log axis: geometric mean and band (a band down to 0 is -inf there)
+            grouped = np.log(part[y].clip(lower=1e-12)).groupby(part["epoch"])
+            center, spread = grouped.mean(), grouped.std(ddof=1).fillna(0.0)
+            mean, low, high = np.exp(center), np.exp(center - spread), np.exp(center + spread)
+        else:
+            grouped = part.groupby("epoch")[y]
+            mean, std = grouped.mean(), grouped.std(ddof=1).fillna(0.0)
+            low, high = (mean - std).clip(*bounds), (mean + std).clip(*bounds)
         color = colors[method]
         ax.plot(
             mean.index,
@@ -332,8 +338,9 @@ def plot_forgetting(curves: pd.DataFrame, dataset: str, metric: str) -> plt.Figu
 def plot_training(long: pd.DataFrame, dataset: str, metric: str) -> plt.Figure:
     """Validation cross-entropy of the fused head (top; one quantity for every method,
     unlike each method's own training objective `train/loss`) and validation fused
-    accuracy (bottom) over epochs per method. Runs that predate `val/fused/ce` are named
-    in the top panel instead of drawn."""
+    accuracy (bottom) over epochs per method. The CE is drawn on a log scale as the
+    geometric mean ± std over seeds (one diverging seed must not flatten the others).
+    Runs that predate `val/fused/ce` are named in the top panel instead of drawn."""
     part = long[long["dataset"] == dataset]
     loss = part[(part["split"] == "val") & (part["head"] == "fused") & (part["metric"] == "ce")]
     val = part[(part["split"] == "val") & (part["head"] == "fused") & (part["metric"] == metric)]
@@ -341,10 +348,10 @@ def plot_training(long: pd.DataFrame, dataset: str, metric: str) -> plt.Figure:
     methods = method_order(part["method"])
     colors = method_colors(methods)
     fig, axes = plt.subplots(2, 1, figsize=(COLUMN_WIDTH, 2.6), sharex=True)
-    _lines(axes[0], loss, "value", methods, colors, bounds=(0.0, None))
+    _lines(axes[0], loss, "value", methods, colors, bounds=(0.0, None), log=True)
     _lines(axes[1], val, "value", methods, colors)
     axes[0].set_xlabel("")
-    axes[0].set_ylabel("val fused CE (log)")
+    axes[0].set_ylabel("val fused CE\n(geometric mean ± std)")
     if not loss.empty:
         axes[0].set_yscale("log")  # one diverging seed must not flatten the others
     axes[1].set_ylabel(f"val fused {METRIC_LABELS[metric]} (%)")
