@@ -280,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="published numbers (*.csv; default <results>/paper, else the checkout's)",
     )
     p.add_argument("--no-figures", action="store_true", help="write the tables only")
+    p.add_argument(
+        "--readme",
+        metavar="PATH",
+        help="rewrite the `<!-- results:begin NAME -->` blocks of this Markdown file from the "
+        "tables (default: README.md beside the results directory, when it has such blocks)",
+    )
     p.set_defaults(func=cmd_report)
     add_speed_parser(sub)
     return parser

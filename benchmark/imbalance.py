@@ -26,12 +26,7 @@ def with_reference(stats: pd.DataFrame) -> pd.DataFrame:
     for (dataset, method, head), part in stats.groupby(["dataset", "method", "head"]):
         if head == "fused" or str(head).startswith("fused_without_"):
             continue
-        ref = stats[
-            (stats["dataset"] == dataset)
-            & (stats["method"] == REFERENCE_METHOD)
-            & (stats["head"] == head)
-            & (stats["metric"] == "acc")
-        ]
+        ref = reference_rows(stats, dataset, head)
         if ref.empty:
             continue
         r = ref.iloc[0]
@@ -42,6 +37,24 @@ def with_reference(stats: pd.DataFrame) -> pd.DataFrame:
             extra.append([dataset, method, head, "gap", gap, math.nan, probe["n"].iloc[0]])
     cols = ["dataset", "method", "head", "metric", "mean", "std", "n"]
     return pd.concat([stats[cols], pd.DataFrame(extra, columns=cols)], ignore_index=True)
+
+
+def reference_rows(stats: pd.DataFrame, dataset: str, head: str) -> pd.DataFrame:
+    """The `unimodal` run's acc row(s) of `head` on `dataset`: the plain "unimodal" row, or
+    where only runs of older code exist, "unimodal (older code)" (never a variant)."""
+    rows = stats[
+        (stats["dataset"] == dataset) & (stats["head"] == head) & (stats["metric"] == "acc")
+    ]
+    for label in (REFERENCE_METHOD, f"{REFERENCE_METHOD} (older code)"):
+        hit = rows[rows["method"] == label]
+        if not hit.empty:
+            return hit
+    return rows.iloc[:0]
+
+
+def has_reference(stats: pd.DataFrame) -> bool:
+    methods = set(stats["method"])
+    return bool({REFERENCE_METHOD, f"{REFERENCE_METHOD} (older code)"} & methods)
 
 
 def imbalance_columns(modalities: Sequence[str]):
@@ -68,6 +81,6 @@ def caption(stats: pd.DataFrame, when: str) -> str:
         "(the modality trained alone); gap = ref - probe; contrib: Shapley contribution "
         "to fused accuracy (absent = zero input); fused w/o: fused accuracy without it."
     )
-    if REFERENCE_METHOD not in set(stats["method"]):
+    if not has_reference(stats):
         text += " No `unimodal` run here: the ref and gap columns are empty."
     return text

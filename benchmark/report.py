@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -38,9 +39,28 @@ EVAL_SPLITS = ("val", "test")
 METRICS = ("acc", "f1", "map")
 METRIC_LABELS = {"acc": "acc", "f1": "F1", "map": "mAP"}
 SELECTIONS = ("best_val", "last")
-# The order of the papers' tables (baseline first, then by publication); it also fixes
-# each method's colour in every figure, so adding a method never recolours these five.
-PAPER_ORDER = ("joint", "ogm_ge", "pmr", "agm", "mie")
+# Row order of every table and figure: the `unimodal` reference first, the `joint`
+# baseline, then the methods by publication (venue and year in each method's docstring).
+# It also fixes each method's colour, so adding a method never recolours the others;
+# registered methods not listed here follow, alphabetically.
+METHOD_ORDER = (
+    "unimodal",  # reference: each modality trained alone (UME, ICML 2023)
+    "joint",  # baseline
+    "g_blending",  # CVPR 2020
+    "ogm_ge",  # CVPR 2022
+    "greedy",  # ICML 2022
+    "mmcosine",  # ICASSP 2023
+    "pmr",  # CVPR 2023
+    "umt",  # ICML 2023
+    "agm",  # ICCV 2023
+    "mla",  # CVPR 2024
+    "mmpareto",  # ICML 2024
+    "reconboost",  # ICML 2024
+    "relearn",  # ECCV 2024
+    "mie",  # IJCAI 2025
+    "inforeg",  # CVPR 2025
+)
+PAPER_ORDER = METHOD_ORDER  # the name earlier code used
 # Config keys that do not change what is being measured (not used to tell variants apart).
 PAPER_COLUMNS = [
     "paper",
@@ -198,12 +218,21 @@ def load_results(
         record["heads"] = list(summary.get("heads") or _heads_of(long))
         record["older_code"] = runstore.older_code(directory, summary)
         record["cost"] = summary.get("cost") or {}
+        record.update(_protocol_of(config))
         records.append(record)
         frames.append(long.assign(run_id=record["run_id"]))
         configs.append(_config_items(config))
     runs = pd.DataFrame(
         records,
-        columns=[*RUN_KEYS, "best_epoch", "last_epoch", "heads", "older_code", "cost"],
+        columns=[
+            *RUN_KEYS,
+            "best_epoch",
+            "last_epoch",
+            "heads",
+            "older_code",
+            "cost",
+            *PROTOCOL_FIELDS,
+        ],
     )
     runs = _filter(runs, "dataset", datasets)
     runs = _filter(runs, "method", methods)
@@ -217,6 +246,24 @@ def load_results(
     else:
         long = pd.DataFrame(columns=[*RUN_KEYS, "epoch", "split", "head", "metric", "value"])
     return Results(long=long, runs=runs, left_out={k: v for k, v in left_out.items() if v})
+
+
+PROTOCOL_FIELDS = ["protocol", "epochs", "variant", "train_size"]
+
+
+def _protocol_of(config: dict[str, Any]) -> dict[str, Any]:
+    """What paper_vs_ours needs from config.json: the protocol ("benchmark" | "paper"), the
+    configured epochs, the method variant and the number of train samples (None where the
+    config predates the field)."""
+    settings = config.get("settings") or {}
+    hp = config.get("hp") or {}
+    splits = (config.get("dataset_meta") or {}).get("splits") or {}
+    return {
+        "protocol": settings.get("protocol"),
+        "epochs": settings.get("epochs"),
+        "variant": hp.get("variant", settings.get("variant")),
+        "train_size": splits.get("train"),
+    }
 
 
 def _heads_of(long: pd.DataFrame) -> list[str]:
@@ -251,22 +298,31 @@ def left_out_line(left_out: dict[str, int]) -> str | None:
 
 
 def method_order(names: Iterable[str]) -> list[str]:
-    """Methods in table/figure order: PAPER_ORDER, then other registered methods, then any
+    """Methods in table/figure order: METHOD_ORDER, then other registered methods, then any
     other name (variants sit right after their base method), each group alphabetical."""
-    registered = _registered()
-    canonical = [*PAPER_ORDER, *sorted(m for m in registered if m not in PAPER_ORDER)]
+    canonical = _canonical()
 
-    def key(name: str) -> tuple[int, str]:
-        base = name.removesuffix(OLDER_CODE).split("[", 1)[0]
+    def key(name: str) -> tuple[int, str, str]:
+        base = base_method(name)
         rank = canonical.index(base) if base in canonical else len(canonical)
-        return rank, name
+        return rank, base if rank == len(canonical) else "", name
 
     return sorted(set(names), key=key)
 
 
+def base_method(name: str) -> str:
+    """The method a row label belongs to: "ogm_ge[alpha=0.5] (older code)" -> "ogm_ge"."""
+    return name.removesuffix(OLDER_CODE).split("[", 1)[0]
+
+
+def _canonical() -> list[str]:
+    listed = [*METHOD_ORDER, *sorted(m for m in _registered() if m not in METHOD_ORDER)]
+    return list(dict.fromkeys(listed))
+
+
 def canonical_methods() -> list[str]:
-    """Every method name whose colour is fixed: PAPER_ORDER then the rest of the registry."""
-    return method_order([*PAPER_ORDER, *_registered()])
+    """Every method name whose colour is fixed: METHOD_ORDER then the rest of the registry."""
+    return _canonical()
 
 
 def _registered() -> list[str]:
@@ -311,7 +367,8 @@ def aggregate(
 def forgetting_frame(long: pd.DataFrame, split: str = "test", metric: str = "acc") -> pd.DataFrame:
     """Per run, modality and epoch: the modality head's `metric` on `split` and its
     forgetting (running max over epochs so far - current), columns ..., value, forgetting."""
-    rows = long[(long["split"] == split) & (long["metric"] == metric) & (long["head"] != "fused")]
+    modality = ~long["head"].astype(str).str.startswith("fused")  # not fused_without_<m>
+    rows = long[(long["split"] == split) & (long["metric"] == metric) & modality]
     rows = rows.sort_values([*RUN_KEYS, "head", "epoch"]).reset_index(drop=True)
     curves = rows.groupby(["run_id", "head"], sort=False)["value"]
     rows["forgetting"] = curves.transform(lambda s: forgetting(s.to_numpy()))
@@ -403,7 +460,15 @@ def markdown_table(
     align = align or ["l", *["r"] * (len(header) - 1)]
     rule = ["---" if a == "l" else "---:" for a in align]
     lines = [header, rule, *rows]
-    return "\n".join("| " + " | ".join(str(c) for c in line) + " |" for line in lines) + "\n"
+    return "\n".join("| " + " | ".join(_md_cell(c) for c in line) + " |" for line in lines) + "\n"
+
+
+def _md_cell(cell: Any) -> str:
+    """A cell as Markdown: a "|" (in a variant's value) is escaped so it never splits a
+    column, and a variant label's settings are spaced after commas, so a renderer can wrap
+    a long label instead of widening its column."""
+    text = str(cell).replace("|", "\\|")
+    return text.replace(",", ", ") if "[" in text and ", " not in text else text
 
 
 def latex_escape(text: str) -> str:
@@ -517,7 +582,78 @@ def load_published(paper_dir: Path | None) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def paper_vs_ours(ours: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
+def paper_epochs(method: str, variant: Any = None) -> int | None:
+    """The epochs of `method`'s paper protocol (its paper_settings, then the variant's
+    variant_paper_settings), or None where the method does not define them."""
+    try:
+        from methods import get_method_class
+
+        cls = get_method_class(method)
+    except Exception:
+        return None
+    settings = {**cls.paper_settings}
+    if variant is not None:
+        settings.update(cls.variant_paper_settings.get(variant, {}))
+    epochs = settings.get("epochs")
+    return int(epochs) if epochs is not None else None
+
+
+def protocol_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """The runs that may stand beside published numbers: config protocol "paper", and the
+    epochs of the method's paper protocol where it defines them; and a one-line note
+    counting the others (None when every run qualifies)."""
+    if runs.empty:
+        return runs, None
+    reasons: dict[str, int] = {}
+    keep = []
+    for _, run in runs.iterrows():
+        reason = None
+        protocol = run.get("protocol")
+        variant = run.get("variant")
+        if protocol != "paper":
+            shown = protocol if isinstance(protocol, str) else "unrecorded"
+            reason = f"protocol {shown}, not paper"
+        else:
+            want = paper_epochs(
+                base_method(str(run["method"])), variant if isinstance(variant, str) else None
+            )
+            epochs = run.get("epochs")
+            if want is not None and (pd.isna(epochs) or int(epochs) != want):
+                reason = "epochs other than the paper's"
+        keep.append(reason is None)
+        if reason:
+            reasons[reason] = reasons.get(reason, 0) + 1
+    kept = runs[keep]
+    if not reasons:
+        return kept, None
+    why = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+    note = (
+        f"left out of ours {sum(reasons.values())} run(s) that do not follow the papers' "
+        f"protocol ({why})"
+    )
+    return kept, note
+
+
+def ours_protocol(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset and method of the compared runs: their epochs and train-set size, as
+    text ("100", "80/100" when seeds differ; "?" where unrecorded)."""
+
+    def shown(values: pd.Series) -> str:
+        present = sorted({int(v) for v in values.dropna()})
+        return "/".join(str(v) for v in present) or "?"
+
+    if runs.empty:
+        return pd.DataFrame(columns=["dataset", "method", "epochs", "train_size"])
+    return (
+        runs.groupby(["dataset", "method"])
+        .agg(epochs=("epochs", shown), train_size=("train_size", shown))
+        .reset_index()
+    )
+
+
+def paper_vs_ours(
+    ours: pd.DataFrame, published: pd.DataFrame, protocol: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Published rows of our methods beside our mean +- std (percent) and the difference
     ours - published; ours is NaN where we have no runs of that dataset and method."""
     rows = published[published["method"] != ""]
@@ -529,13 +665,20 @@ def paper_vs_ours(ours: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
     merged = merged.rename(columns={"value": "published", "mean": "ours", "std": "ours_std"})
     merged["n"] = merged["n"].fillna(0).astype(int)
     merged["difference"] = merged["ours"] - merged["published"]
+    if protocol is not None and not protocol.empty:
+        merged = merged.merge(protocol, on=["dataset", "method"], how="left")
+    else:
+        merged["epochs"], merged["train_size"] = None, None
+    merged[["epochs", "train_size"]] = merged[["epochs", "train_size"]].fillna("–")
     order = {m: i for i, m in enumerate(method_order(merged["method"]))}
     merged = merged.assign(_rank=merged["method"].map(order))
     merged = merged.sort_values(["dataset", "_rank", "head", "metric", "paper", "table"])
     return merged.drop(columns="_rank").reset_index(drop=True)
 
 
-def paper_vs_ours_markdown(comparison: pd.DataFrame, our_datasets: Sequence[str]) -> str:
+def paper_vs_ours_markdown(
+    comparison: pd.DataFrame, our_datasets: Sequence[str], note: str | None = None
+) -> str:
     """The comparison as Markdown, with a note on which datasets have no overlap."""
     header = [
         "dataset",
@@ -546,6 +689,8 @@ def paper_vs_ours_markdown(comparison: pd.DataFrame, our_datasets: Sequence[str]
         "source",
         "ours",
         "n",
+        "epochs",
+        "train n",
         "ours - published",
     ]
     body = []
@@ -563,13 +708,17 @@ def paper_vs_ours_markdown(comparison: pd.DataFrame, our_datasets: Sequence[str]
                 source,
                 ours,
                 str(r.n),
+                r.epochs if r.n else "–",
+                r.train_size if r.n else "–",
                 diff,
             ]
         )
     text = "# Published numbers beside ours\n\n"
     text += "Percent. Ours: mean ± std over seeds of the test split. Published values as "
-    text += "printed in each paper (their own protocols and preprocessing).\n\n"
-    text += markdown_table(header, body, ["l", "l", "l", "l", "r", "l", "r", "r", "r"])
+    text += "printed in each paper (their own protocols and preprocessing). Ours counts only "
+    text += "runs with `protocol=paper` and the paper's epochs (where the method defines "
+    text += "them); epochs and train n (training samples) are ours.\n\n"
+    text += markdown_table(header, body, ["l", "l", "l", "l", "r", "l", "r", "r", "r", "r", "r"])
     published_sets = sorted(set(comparison["dataset"]))
     without = [d for d in our_datasets if d not in published_sets]
     if without:
@@ -577,6 +726,8 @@ def paper_vs_ours_markdown(comparison: pd.DataFrame, our_datasets: Sequence[str]
             f"\nNo published numbers for {', '.join(without)}"
             f" (published: {', '.join(published_sets) or 'none'}).\n"
         )
+    if note:
+        text += f"\n{note[0].upper()}{note[1:]}.\n"
     return text
 
 
@@ -638,9 +789,21 @@ def write_tables(
     costs.to_csv(tables / "cost.csv", index=False, float_format="%.4f")
     (tables / "cost.md").write_text(text)
     published = published if published is not None else pd.DataFrame(columns=PAPER_COLUMNS)
-    comparison = paper_vs_ours(stats, published)
-    (tables / "paper_vs_ours.md").write_text(paper_vs_ours_markdown(comparison, sorted(heads)))
-    return {"stats": stats, "curves": curves, "forgetting": forget, "comparison": comparison}
+    compared, note = protocol_runs(results.runs)
+    paper_stats = aggregate(selected[selected["run_id"].isin(compared["run_id"])])
+    comparison = paper_vs_ours(paper_stats, published, ours_protocol(compared))
+    (tables / "paper_vs_ours.md").write_text(
+        paper_vs_ours_markdown(comparison, sorted(heads), note)
+    )
+    if note:
+        print(f"paper_vs_ours: {note}")
+    return {
+        "stats": stats,
+        "curves": curves,
+        "forgetting": forget,
+        "comparison": comparison,
+        "imbalance": imb,
+    }
 
 
 COST_FIELDS = {  # summary.json cost field -> (column title, scale)
@@ -739,7 +902,110 @@ def main(results: Path, args: Any) -> int:
 
         written += write_figures(loaded, frames, out / "figures", metrics[0])
     print(f"wrote {len(written)} files under {out} (tables/, figures/)")
+    readme = getattr(args, "readme", None)
+    readme = Path(readme) if readme else default_readme(out)
+    if readme is not None:
+        if not readme.is_file():
+            raise UserError(f"--readme {readme}: no such file")
+        changed = write_readme(readme, out / "tables")
+        print(f"{readme}: results blocks {'rewritten' if changed else 'already up to date'}")
     return 0
+
+
+# ---------------------------------------------------------------- README blocks
+
+README_BLOCK = re.compile(
+    r"(<!-- results:begin (?P<name>[\w.-]+/[\w.-]+)(?: cols=(?P<cols>[^>]*?))? -->\n)"
+    r"(?P<body>.*?)"
+    r"(<!-- results:end (?P=name) -->)",
+    re.S,
+)
+
+
+def table_of(text: str, dataset: str) -> list[str] | None:
+    """The Markdown table lines under "### <dataset>" in a generated tables/*.md."""
+    lines = text.splitlines()
+    try:
+        start = lines.index(f"### {dataset}")
+    except ValueError:
+        return None
+    rest = lines[start + 1 :]
+    first = next((i for i, line in enumerate(rest) if line.startswith("|")), None)
+    if first is None:
+        return None
+    table = []
+    for line in rest[first:]:
+        if not line.startswith("|"):
+            break
+        table.append(line)
+    return table
+
+
+def _split_row(line: str) -> list[str]:
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+
+def select_columns(table: list[str], titles: Sequence[str]) -> list[str]:
+    """The table with only the named columns (header titles), in the order given."""
+    header = _split_row(table[0])
+    missing = [t for t in titles if t not in header]
+    if missing:
+        raise UserError(f"README block asks for column(s) {', '.join(missing)}: not in {header}")
+    keep = [header.index(t) for t in titles]
+    rows = [_split_row(line) for line in table]
+    return ["| " + " | ".join(row[i] for i in keep) + " |" for row in rows]
+
+
+def readme_block(tables: Path, name: str, cols: str | None = None) -> str | None:
+    """The text of README block `name` ("<table>/<dataset>", e.g. "main/avdigits"): that
+    dataset's table from tables/<table>.md, optionally only the columns `cols` (titles
+    separated by ";"); None where the table or dataset is not there."""
+    table_name, dataset = name.split("/", 1)
+    path = tables / f"{table_name}.md"
+    if not path.is_file():
+        return None
+    table = table_of(path.read_text(), dataset)
+    if table is None:
+        return None
+    if cols:
+        table = select_columns(table, [c.strip() for c in cols.split(";") if c.strip()])
+    return "\n" + "\n".join(table) + "\n\n"
+
+
+def update_readme(text: str, tables: Path) -> tuple[str, list[str]]:
+    """`text` with every results block rewritten from `tables`; and the names of the blocks
+    left as they were (their table or dataset is not in this report)."""
+    stale: list[str] = []
+
+    def fill(match: re.Match) -> str:
+        body = readme_block(tables, match["name"], match["cols"])
+        if body is None:
+            stale.append(match["name"])
+            return match[0]
+        return match[1] + body + match[5]
+
+    return README_BLOCK.sub(fill, text), stale
+
+
+def write_readme(path: Path, tables: Path) -> bool:
+    """Rewrite the results blocks of README `path` from `tables`; True when it changed."""
+    text = path.read_text()
+    new, stale = update_readme(text, tables)
+    if stale:
+        print(f"{path}: block(s) {', '.join(stale)} left as they were (not in this report)")
+    if new != text:
+        path.write_text(new)
+        return True
+    return False
+
+
+def default_readme(out: Path) -> Path | None:
+    """README.md beside the results directory (./README.md for ./results) when it has
+    results blocks; else None."""
+    path = out.resolve().parent / "README.md"
+    if path.is_file() and README_BLOCK.search(path.read_text()):
+        return path
+    return None
 
 
 def older_code_line(runs: pd.DataFrame) -> str | None:
