@@ -17,6 +17,8 @@ SET ?=
 RAW ?=
 WORKERS ?=
 RECIPE ?=
+# The committed sweeps' methods (every registered method; `list methods` shows them).
+SWEEP_METHODS ?= unimodal joint ogm_ge pmr agm mie mmpareto mmcosine inforeg greedy g_blending relearn reconboost umt
 
 # g++: torch.compile's CPU backend builds its kernels with it (compile=true, and a test).
 DEBIAN_PACKAGES := espeak-ng dataset-fashion-mnist ffmpeg sox munge slurmctld slurmd slurm-client slurmdbd mariadb-server g++
@@ -54,7 +56,7 @@ bench: install
 	$(PY) -m benchmark run $(BENCH_ARGS)
 
 sweep: install
-	$(PY) -m benchmark run --method joint ogm_ge pmr agm mie unimodal --dataset $(DATASET) --seeds 0 1 2 \
+	$(PY) -m benchmark run --method $(SWEEP_METHODS) --dataset $(DATASET) --seeds 0 1 2 \
 		--launcher $(LAUNCHER) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(PROFILE),--profile $(PROFILE)) \
 		$(if $(WAIT),--wait)
 

@@ -13,7 +13,9 @@ EPILOG = "Docs: README.md. Exit status 2 means bad input (the message says what 
 
 
 def _first_line(obj: object) -> str:
-    return ((obj.__doc__ or "").strip().splitlines() or [""])[0]
+    """The first paragraph of `obj`'s docstring on one line, without RST markup."""
+    paragraph = (obj.__doc__ or "").strip().split("\n\n")[0]
+    return " ".join(paragraph.split()).replace("``", "")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -220,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train a grid of methods x datasets x seeds")
     p.add_argument("--method", nargs="+", required=True, help="method name(s), see `list methods`")
     p.add_argument("--dataset", nargs="+", required=True, help="dataset name(s) or prepared dir(s)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument(
+        "--seeds", nargs="+", type=int, default=[0], help="seeds, one run each (default 0)"
+    )
     p.add_argument("--epochs", type=int, help="override the dataset's epochs")
     p.add_argument(
         "--set",
@@ -228,7 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override run settings or hyper-parameters (JSON values)",
     )
-    p.add_argument("--launcher", choices=["inline", "local", "slurm"], default="inline")
+    p.add_argument(
+        "--launcher",
+        choices=["inline", "local", "slurm"],
+        default="inline",
+        help="inline: one after another in this process (default); local: submitit "
+        "processes on this machine; slurm: a Slurm job array (see --profile)",
+    )
     p.add_argument("--profile", help="Slurm profile name (slurm/<name>.yaml)")
     p.add_argument(
         "--wait", action="store_true", help="with local/slurm: follow progress until done"
