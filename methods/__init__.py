@@ -26,6 +26,7 @@ _METHOD_MODULES = (
     "inforeg",
     "greedy",
     "g_blending",
+    "mla",
 )
 
 for _module in _METHOD_MODULES:

@@ -123,6 +123,10 @@ OPTIONS = [
     ("greedy", {"variant": "official", "warmup_epochs": 0, "alpha": 0.0}),
     ("g_blending", {"mode": "offline", "estimate_epochs": 1}),
     ("g_blending", {"weights": [0.2, 0.3, 0.5]}),
+    ("mla", {"variant": "official"}),
+    ("mla", {"gm": "code_formula", "order": ["visual", "audio"]}),
+    ("mla", {"gm": "none", "fusion": "fixed", "weights": [0.3, 0.7]}),
+    ("mla", {"entropy": "official_batch", "stale_zero_grads": True}),
 ]
 
 

@@ -31,6 +31,14 @@ DIAGNOSTICS = {
     "mmcosine": ["train/wnorm_audio", "train/cos_y_visual", "train/acc_audio", "train/raw_acc"],
     "inforeg": ["train/beta_audio", "train/trace_visual", "train/k", "train/prox_audio"],
     "g_blending": ["train/w_audio", "train/w_fused", "train/ce_fused", "train/acc_audio"],
+    "mla": [
+        "train/loss_audio",
+        "train/lambda_visual",
+        "train/cos_before_audio",
+        "train/cos_after_visual",
+        "train/p_trace",
+        "train/p_rank",
+    ],
     "greedy": [
         "train/d",
         "train/curation",

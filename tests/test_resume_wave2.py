@@ -17,6 +17,7 @@ CASES = {
     "inforeg": {"tau": 0.3},  # the window closes within the run
     "greedy": {"warmup_epochs": 1, "alpha": 0.0, "util_fraction": 0.0},
     "g_blending": {"super_epoch": 2},  # estimations at epochs 0 and 2
+    "mla": {},  # P, the sub-step counter and the last head gradients carry over
 }
 
 
