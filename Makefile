@@ -18,7 +18,7 @@ RAW ?=
 WORKERS ?=
 RECIPE ?=
 # The committed sweeps' methods (every registered method; `list methods` shows them).
-SWEEP_METHODS ?= unimodal joint ogm_ge pmr agm mie mmpareto mmcosine inforeg greedy g_blending relearn reconboost umt
+SWEEP_METHODS ?= unimodal joint ogm_ge pmr agm mie mmpareto mmcosine inforeg greedy g_blending relearn reconboost umt mla
 
 # g++: torch.compile's CPU backend builds its kernels with it (compile=true, and a test).
 DEBIAN_PACKAGES := espeak-ng dataset-fashion-mnist ffmpeg sox munge slurmctld slurmd slurm-client slurmdbd mariadb-server g++

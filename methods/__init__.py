@@ -29,6 +29,7 @@ _METHOD_MODULES = (
     "relearn",
     "g_blending",
     "reconboost",
+    "mla",
 )
 
 for _module in _METHOD_MODULES:

@@ -128,6 +128,10 @@ OPTIONS = [
     ("reconboost", {"head": "linear", "beta_init": 0.01, "ga_rerun": False}),
     ("reconboost", {"fresh_optimizer_per_phase": False, "w1": 4.0}),
     ("umt", {"teacher_mode": "train", "teacher_epochs": 1, "lam": 1.0}),
+    ("mla", {"variant": "official"}),
+    ("mla", {"gm": "code_formula", "order": ["visual", "audio"]}),
+    ("mla", {"gm": "none", "fusion": "fixed", "weights": [0.3, 0.7]}),
+    ("mla", {"entropy": "official_batch", "stale_zero_grads": True}),
 ]
 
 # Methods whose first epoch trains one modality's learner only (ReconBoost: stage 0, phase 1).

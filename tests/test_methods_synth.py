@@ -45,6 +45,14 @@ DIAGNOSTICS = {
         "train/init_dist_visual",
     ],
     "reconboost": ["train/stage", "train/phase", "train/beta", "train/q_y", "train/weight"],
+    "mla": [
+        "train/loss_audio",
+        "train/lambda_visual",
+        "train/cos_before_audio",
+        "train/cos_after_visual",
+        "train/p_trace",
+        "train/p_rank",
+    ],
     "greedy": [
         "train/d",
         "train/curation",

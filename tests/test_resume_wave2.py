@@ -21,6 +21,7 @@ CASES = {
     "relearn": {"period": 1},  # an event at the start of epoch 2, after the resume point
     "reconboost": {"e1": 1, "e2": 1},  # phase 1, phase 2, then stage 1 (visual, with ga)
     "umt": {"teacher_epochs": 2},  # teachers come back from the checkpoint, not retrained
+    "mla": {},  # P, the sub-step counter and the last head gradients carry over
 }
 
 
