@@ -81,9 +81,9 @@ bench-speed: install
 gpu-check:
 	benchmark/gpu_check.sh
 
-# Tables, figures, and README.md's results blocks rewritten from the tables.
+# Tables, figures, and the results blocks of README.md and docs/*.md rewritten from the tables.
 figures: install
-	$(PY) -m benchmark report --readme README.md
+	$(PY) -m benchmark report
 
 # BENCH_VIA_MAKE: error messages name the make variables (RAW=...) instead of the flags.
 prepare: install

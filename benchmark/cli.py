@@ -293,8 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--readme",
         metavar="PATH",
-        help="rewrite the `<!-- results:begin NAME -->` blocks of this Markdown file from the "
-        "tables (default: README.md beside the results directory, when it has such blocks)",
+        nargs="+",
+        help="rewrite the `<!-- results:begin NAME -->` blocks of these Markdown files from the "
+        "tables (default: README.md and docs/*.md beside the results directory, those that "
+        "have such blocks)",
     )
     p.set_defaults(func=cmd_report)
     add_speed_parser(sub)

@@ -902,11 +902,11 @@ def main(results: Path, args: Any) -> int:
 
         written += write_figures(loaded, frames, out / "figures", metrics[0])
     print(f"wrote {len(written)} files under {out} (tables/, figures/)")
-    readme = getattr(args, "readme", None)
-    readme = Path(readme) if readme else default_readme(out)
-    if readme is not None:
+    readmes = [Path(p) for p in getattr(args, "readme", None) or []] or default_readmes(out)
+    for readme in readmes:
         if not readme.is_file():
             raise UserError(f"--readme {readme}: no such file")
+    for readme in readmes:
         changed = write_readme(readme, out / "tables")
         print(f"{readme}: results blocks {'rewritten' if changed else 'already up to date'}")
     return 0
@@ -999,13 +999,12 @@ def write_readme(path: Path, tables: Path) -> bool:
     return False
 
 
-def default_readme(out: Path) -> Path | None:
-    """README.md beside the results directory (./README.md for ./results) when it has
-    results blocks; else None."""
-    path = out.resolve().parent / "README.md"
-    if path.is_file() and README_BLOCK.search(path.read_text()):
-        return path
-    return None
+def default_readmes(out: Path) -> list[Path]:
+    """The Markdown files beside the results directory that have results blocks: README.md
+    and docs/*.md of the checkout that holds ./results."""
+    root = out.resolve().parent
+    candidates = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    return [p for p in candidates if p.is_file() and README_BLOCK.search(p.read_text())]
 
 
 def older_code_line(runs: pd.DataFrame) -> str | None:

@@ -29,16 +29,20 @@ STATS_COLUMNS = ["dataset", "method", "head", "metric", "mean", "std", "n"]
 
 
 def test_committed_readme_blocks_equal_the_committed_tables():
-    """README and results/ cannot drift: every results block of the committed README is
-    what `python -m benchmark report --readme README.md` writes from results/tables."""
-    text = (ROOT / "README.md").read_text()
-    names = [m["name"] for m in report.README_BLOCK.finditer(text)]
+    """README, docs and results/ cannot drift: every results block of the committed README.md
+    and docs/*.md is what `python -m benchmark report` (`make figures`) writes from
+    results/tables."""
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    names = []
+    for path in files:
+        text = path.read_text()
+        names += [m["name"] for m in report.README_BLOCK.finditer(text)]
+        new, stale = report.update_readme(text, ROOT / "results" / "tables")
+        assert stale == [], f"{path.name}: blocks {stale} have no table"
+        assert new == text, f"{path.name}: results blocks are stale: run `make figures`"
     assert {"main/avdigits", "imbalance/avdigits", "forgetting/avdigits", "cost/avdigits"} <= set(
         names
     )
-    new, stale = report.update_readme(text, ROOT / "results" / "tables")
-    assert stale == []
-    assert new == text, "README results blocks are stale: run `make figures`"
 
 
 def test_readme_blocks_are_rewritten_from_the_tables_only_between_markers(tmp_path):
@@ -66,10 +70,13 @@ def test_report_rewrites_the_readme_passed_with_readme(tmp_path, capsys):
     tree = current_tree(tmp_path)
     readme = tmp_path / "README.md"
     readme.write_text("x\n<!-- results:begin main/toy -->\n<!-- results:end main/toy -->\n")
+    doc = tmp_path / "results.md"
+    doc.write_text(readme.read_text())
     args = ["report", "--results", str(tree), "--out", str(tmp_path / "out"), "--no-figures"]
-    assert cli_main([*args, "--readme", str(readme)]) == 0
+    assert cli_main([*args, "--readme", str(readme), str(doc)]) == 0
     assert "| mie | **90.00 ± 0.00** |" in readme.read_text()
-    assert "results blocks rewritten" in capsys.readouterr().out
+    assert doc.read_text() == readme.read_text()
+    assert capsys.readouterr().out.count("results blocks rewritten") == 2
 
 
 # ---------------------------------------------------------------- order, names, colours
