@@ -162,7 +162,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
         overrides,
         steps=args.steps,
         warmup=args.warmup,
-        progress=sys.stderr.isatty(),
+        repeats=args.repeats,
     )
     print(format_table(report))
     if args.json:
@@ -184,7 +184,14 @@ def add_speed_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="override the dataset's batch size")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (20)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps before each (5)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps before timing (5)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="rounds of timing, each method once per round; the median is reported with its "
+        "spread (5)",
+    )
     p.add_argument("--workers", type=int, help="loader worker processes (default auto)")
     p.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
     p.add_argument(

@@ -14,12 +14,20 @@ Three measurements in one process, on one dataset, device and batch size:
 
 Each method is built by the engine's own `build_method` from its resolved run config
 (same encoders, fusion head, optimiser and run settings as `run`); ratios are step
-times relative to joint, which is always measured first.
+times relative to joint.
+
+Timings repeat: (b) and (c) run `repeats` rounds, each round timing every method once in
+turn, so that a load that comes and goes hits every method alike rather than whichever ran
+then. Rates are the median over rounds and each comes with its spread ((max - min) /
+median of the rounds' rates); a spread over `BUSY_SPREAD` means the machine was busy and
+the ratios are uncertain, and the table says so.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,16 +49,36 @@ from methods import Method, StepInfo, list_methods
 
 BASELINE = "joint"
 CHECKED_STEPS = 2  # steps of each method run under the host-sync check, untimed
+BUSY_SPREAD = 0.2  # a rate whose rounds differ by more than this (relative) is uncertain
 Batch = dict[str, torch.Tensor]
+
+
+def spread(rates: Sequence[float]) -> float:
+    """(max - min) / median of repeated rates: 0 when the rounds agree."""
+    return (max(rates) - min(rates)) / statistics.median(rates) if rates else 0.0
 
 
 @dataclass
 class MethodSpeed:
-    """One method's rates (samples/s) and what the sync check found (None: no sync)."""
+    """One method's rates (samples/s, one per round) and what the sync check found (None:
+    no sync). The reported rate is the median over rounds."""
 
-    update_samples_per_s: float
-    end_to_end_samples_per_s: float
+    update_rates: list[float]
+    end_to_end_rates: list[float]
     host_sync: str | None = None
+
+    @property
+    def update_samples_per_s(self) -> float:
+        return statistics.median(self.update_rates)
+
+    @property
+    def end_to_end_samples_per_s(self) -> float:
+        return statistics.median(self.end_to_end_rates)
+
+    @property
+    def spread(self) -> float:
+        """The larger spread of the two rates (see `spread`)."""
+        return max(spread(self.update_rates), spread(self.end_to_end_rates))
 
 
 @dataclass
@@ -63,6 +91,7 @@ class SpeedReport:
     workers: int
     steps: int
     warmup: int
+    repeats: int
     loader_samples_per_s: float
     loader_host_samples_per_s: float  # the reads alone, without the device half
     methods: dict[str, MethodSpeed] = field(default_factory=dict)
@@ -75,16 +104,25 @@ class SpeedReport:
         base = self.methods[BASELINE].end_to_end_samples_per_s
         return base / self.methods[name].end_to_end_samples_per_s
 
+    def busy(self) -> list[str]:
+        """The methods whose rounds spread more than `BUSY_SPREAD`."""
+        return [name for name, m in self.methods.items() if m.spread > BUSY_SPREAD]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "device": self.device,
             "batch_size": self.batch_size,
+            "repeats": self.repeats,
             "loader_samples_per_s": self.loader_samples_per_s,
             "methods": {
                 name: {
                     "update_samples_per_s": m.update_samples_per_s,
                     "end_to_end_samples_per_s": m.end_to_end_samples_per_s,
                     "step_ratio_to_joint": self.step_ratio(name),
+                    "end_to_end_ratio_to_joint": self.end_to_end_ratio(name),
+                    "spread": m.spread,
+                    "update_rates": m.update_rates,
+                    "end_to_end_rates": m.end_to_end_rates,
                 }
                 for name, m in self.methods.items()
             },
@@ -144,50 +182,47 @@ def time_loader(
     return timed_rate(step, steps, warmup, batch_size, device)
 
 
-def time_update(
-    method: Method, batch: Batch, steps: int, warmup: int, device: torch.device
-) -> tuple[float, str | None]:
-    """(b) Samples/s of `update` on one device batch, and the host sync found (or None).
+class StepRunner:
+    """Runs `method.update` as the engine does (bf16 autocast on CUDA, the per-step logs
+    summed on the device) with a step counter that carries on across calls."""
 
-    The per-step logs are summed on the device as the engine does. After the warm-up,
-    `CHECKED_STEPS` untimed steps run under `no_host_sync` (CUDA's sync debug mode, or the
-    CPU detector); then the timed steps run without the check, which costs time on the CPU."""
-    method.train()
-    sums: dict[str, torch.Tensor] = {}
+    def __init__(self, method: Method, device: torch.device) -> None:
+        self.method, self.device, self.i = method, device, 0
+        self.sums: dict[str, torch.Tensor] = {}
 
-    def step(i: int) -> None:
-        with autocast(device):
-            logs = method.update(batch, StepInfo(epoch=0, step=i, batch=i))
+    def __call__(self, batch: Batch) -> None:
+        with autocast(self.device):
+            logs = self.method.update(batch, StepInfo(epoch=0, step=self.i, batch=self.i))
         for key, value in logs.items():
             value = value.detach().float()
-            sums[key] = sums[key] + value if key in sums else value
-
-    for i in range(warmup):
-        step(i)
-    checked = range(warmup, warmup + CHECKED_STEPS)
-    checks = [first_host_sync(lambda i=i: step(i), device) for i in checked]
-    start = warmup + CHECKED_STEPS
-    rate = timed_rate(lambda i: step(start + i), steps, 0, len(batch["label"]), device)
-    return rate, next((found for found in checks if found), None)
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+        self.i += 1
 
 
-def time_end_to_end(
-    method: Method, loader: Loader, steps: int, warmup: int, device: torch.device
-) -> float:
+def warm_up_and_check(run: StepRunner, batch: Batch, warmup: int) -> str | None:
+    """`warmup` untimed steps, then `CHECKED_STEPS` untimed steps under `no_host_sync` (CUDA's
+    sync debug mode, or the CPU detector, which costs time): the first host sync found, or
+    None."""
+    run.method.train()
+    for _ in range(warmup):
+        run(batch)
+    checks = [first_host_sync(lambda: run(batch), run.device) for _ in range(CHECKED_STEPS)]
+    return next((found for found in checks if found), None)
+
+
+def time_update(run: StepRunner, batch: Batch, steps: int) -> float:
+    """(b) Samples/s of `update` on one device batch (already warmed up)."""
+    run.method.train()
+    return timed_rate(lambda _: run(batch), steps, 0, len(batch["label"]), run.device)
+
+
+def time_end_to_end(run: StepRunner, loader: Loader, steps: int, warmup: int) -> float:
     """(c) Samples/s of loader + update, as an engine epoch runs them."""
-    method.train()
+    run.method.train()
     stream = batch_stream(loader.epoch)
-    sums: dict[str, torch.Tensor] = {}
-
-    def step(i: int) -> None:
-        batch = next(stream)
-        with autocast(device):
-            logs = method.update(batch, StepInfo(epoch=0, step=i, batch=i))
-        for key, value in logs.items():
-            value = value.detach().float()
-            sums[key] = sums[key] + value if key in sums else value
-
-    return timed_rate(step, steps, warmup, loader.sampler.batch_size, device)
+    return timed_rate(
+        lambda _: run(next(stream)), steps, warmup, loader.sampler.batch_size, run.device
+    )
 
 
 def check_methods(methods: Sequence[str]) -> list[str]:
@@ -220,12 +255,18 @@ def measure(
     overrides: Mapping[str, Any],
     steps: int = 20,
     warmup: int = 5,
+    repeats: int = 5,
     progress: bool = True,
 ) -> SpeedReport:
-    """Run the three measurements; `overrides` are run settings as from `--set` (batch_size,
-    device, workers, encoder, compile, ...)."""
-    if steps < 1 or warmup < 0:
-        raise UserError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
+    """Run the three measurements, (b) and (c) in `repeats` interleaved rounds (see the
+    module docstring); `overrides` are run settings as from `--set` (batch_size, device,
+    workers, encoder, compile, ...). With `progress`, a bar on a terminal, else one line
+    per round on stderr."""
+    if steps < 1 or warmup < 0 or repeats < 1:
+        raise UserError(
+            f"--steps and --repeats must be >= 1 and --warmup >= 0, got {steps}, {repeats} "
+            f"and {warmup}"
+        )
     ds, defaults = open_dataset(dataset, data_root)
     configs = resolve_configs(methods, ds, defaults, overrides)
     settings = configs[BASELINE].settings
@@ -244,50 +285,81 @@ def measure(
         workers=resolve_workers(settings["workers"], device),
         steps=steps,
         warmup=warmup,
+        repeats=repeats,
         loader_samples_per_s=time_loader(loader.epoch, steps, warmup, batch_size, device),
         loader_host_samples_per_s=time_loader(
             loader.host_batches, steps, warmup, batch_size, device
         ),
     )
     batch = next(loader.epoch(0))  # the one batch every method's step is timed on
-    bar = tqdm(configs.items(), desc="speed", unit="method", disable=not progress)
-    for name, cfg in bar:
-        bar.set_postfix_str(name)
+    terminal = progress and sys.stderr.isatty()
+    bar = tqdm(
+        total=len(configs) * (repeats + 1), desc="speed", unit="method", disable=not terminal
+    )
+    runners: dict[str, StepRunner] = {}
+    for name, cfg in configs.items():
+        bar.set_postfix_str(f"build and warm up {name}")
         torch.manual_seed(0)
         method = build_method(cfg, ds, device, steps_per_epoch=len(loader))
         method.on_epoch_start(0, data)
-        update_rate, sync = time_update(method, batch, steps, warmup, device)
-        report.methods[name] = MethodSpeed(
-            update_samples_per_s=update_rate,
-            end_to_end_samples_per_s=time_end_to_end(method, loader, steps, warmup, device),
-            host_sync=sync,
-        )
-        del method
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        runners[name] = StepRunner(method, device)
+        sync = warm_up_and_check(runners[name], batch, warmup)
+        report.methods[name] = MethodSpeed([], [], host_sync=sync)
+        bar.update()
+    if progress and not terminal:
+        print(f"speed: {len(runners)} methods built and warmed up", file=sys.stderr)
+    for round_ in range(repeats):
+        start = time.perf_counter()
+        for name, run in runners.items():
+            bar.set_postfix_str(f"round {round_ + 1}/{repeats} {name}")
+            speed = report.methods[name]
+            speed.update_rates.append(time_update(run, batch, steps))
+            speed.end_to_end_rates.append(time_end_to_end(run, loader, steps, 0))
+            bar.update()
+        if progress and not terminal:
+            print(
+                f"speed: round {round_ + 1}/{repeats} timed in {time.perf_counter() - start:.0f} s",
+                file=sys.stderr,
+            )
+    bar.close()
+    runners.clear()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return report
 
 
 def format_table(report: SpeedReport) -> str:
-    """The printed table: rates in samples/s and step/end-to-end time ratios to joint."""
+    """The printed table: median rates in samples/s, step/end-to-end time ratios to joint,
+    the rounds' spread; and a warning line when a spread says the machine was busy."""
     fastest = max(m.update_samples_per_s for m in report.methods.values())
+    width = max(8, *(len(name) for name in report.methods))
     lines = [
         f"speed on {report.dataset}: device {report.device}, batch {report.batch_size}, "
-        f"{report.steps} timed steps after {report.warmup} warm-up, loader workers "
-        f"{report.workers}",
+        f"median of {report.repeats} rounds of {report.steps} timed steps (after "
+        f"{report.warmup} warm-up), loader workers {report.workers}",
         f"loader alone: {report.loader_samples_per_s:,.0f} samples/s "
         f"({report.loader_samples_per_s / fastest:.2f}x the fastest step; its reads alone "
         f"{report.loader_host_samples_per_s:,.0f} samples/s)",
-        f"{'method':8s} {'step/s':>9s} {'ratio':>6s} {'end-to-end/s':>13s} {'ratio':>6s}  "
-        "host sync in step",
+        f"{'method':{width}s} {'step/s':>9s} {'ratio':>6s} {'end-to-end/s':>13s} {'ratio':>6s} "
+        f"{'spread':>7s}  host sync in step",
     ]
     for name, m in report.methods.items():
         sync = m.host_sync or "none"
         lines.append(
-            f"{name:8s} {m.update_samples_per_s:9,.0f} {report.step_ratio(name):6.2f} "
-            f"{m.end_to_end_samples_per_s:13,.0f} {report.end_to_end_ratio(name):6.2f}  {sync}"
+            f"{name:{width}s} {m.update_samples_per_s:9,.0f} {report.step_ratio(name):6.2f} "
+            f"{m.end_to_end_samples_per_s:13,.0f} {report.end_to_end_ratio(name):6.2f} "
+            f"{m.spread:7.0%}  {sync}"
         )
-    lines.append("rates in samples/s; ratio = time per step / joint's (lower is faster)")
+    lines.append(
+        "rates in samples/s (median over rounds); ratio = time per step / joint's (lower is "
+        "faster); spread = (max - min) / median over rounds"
+    )
+    busy = report.busy()
+    if busy:
+        lines.append(
+            f"warning: rounds differ by more than {BUSY_SPREAD:.0%} for {', '.join(busy)}: the "
+            "machine was busy, so these ratios are uncertain; measure again on a quiet machine"
+        )
     return "\n".join(lines)
 
 

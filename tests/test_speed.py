@@ -18,6 +18,7 @@ from benchmark.cli import main
 from benchmark.config import resolve
 from benchmark.engine import build_method
 from benchmark.errors import UserError
+from benchmark.speed import MethodSpeed, SpeedReport, format_table
 from datasets.augment import sample_crop_boxes
 from datasets.loader import resolve_workers
 from methods import MethodConfigError, StepInfo, list_methods
@@ -27,36 +28,64 @@ def test_speed_prints_the_table_and_writes_the_json(tmp_path, synth, data_root):
     out = tmp_path / "speed.json"
     proc = run_cli(
         "speed", "--dataset", "synth", "--methods", "ogm_ge", "--steps", "2", "--warmup", "1",
-        "--batch-size", "32", "--device", "cpu", "--json", str(out), "--data-root", str(data_root),
+        "--repeats", "3", "--batch-size", "32", "--device", "cpu", "--json", str(out),
+        "--data-root", str(data_root),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    # progress on stderr when it is not a terminal: one line per round
+    assert "speed: round 3/3 timed in" in proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("speed on synth: device cpu, batch 32, 2 timed steps")
+    assert lines[0].startswith("speed on synth: device cpu, batch 32, median of 3 rounds of 2")
     assert re.fullmatch(
         r"loader alone: [\d,]+ samples/s \([\d.]+x the fastest step; its reads alone "
         r"[\d,]+ samples/s\)",
         lines[1],
     ), lines[1]
-    assert lines[2].split() == ["method", "step/s", "ratio", "end-to-end/s", "ratio"] + [
+    assert lines[2].split() == ["method", "step/s", "ratio", "end-to-end/s", "ratio", "spread"] + [
         "host", "sync", "in", "step"
     ]  # fmt: skip
     rows = [line.split() for line in lines[3:5]]
     assert [r[0] for r in rows] == ["joint", "ogm_ge"]  # joint is added, first
     assert rows[0][2] == "1.00" and rows[0][4] == "1.00"
-    assert [r[5:] for r in rows] == [["none"], ["none"]]  # the CPU host-sync check passed
+    assert all(re.fullmatch(r"\d+%", r[5]) for r in rows)
+    assert [r[6:] for r in rows] == [["none"], ["none"]]  # the CPU host-sync check passed
 
     record = json.loads(out.read_text())
-    assert set(record) == {"device", "batch_size", "loader_samples_per_s", "methods"}
-    assert record["device"] == "cpu" and record["batch_size"] == 32
+    assert set(record) == {"device", "batch_size", "repeats", "loader_samples_per_s", "methods"}
+    assert record["device"] == "cpu" and record["batch_size"] == 32 and record["repeats"] == 3
     assert isinstance(record["loader_samples_per_s"], float) and record["loader_samples_per_s"] > 0
     assert list(record["methods"]) == ["joint", "ogm_ge"]
     for m in record["methods"].values():
-        assert set(m) == {"update_samples_per_s", "end_to_end_samples_per_s", "step_ratio_to_joint"}
+        assert len(m.pop("update_rates")) == 3 and len(m.pop("end_to_end_rates")) == 3
+        assert m.pop("spread") >= 0
+        assert set(m) == {
+            "update_samples_per_s",
+            "end_to_end_samples_per_s",
+            "step_ratio_to_joint",
+            "end_to_end_ratio_to_joint",
+        }
         assert all(isinstance(v, float) and v > 0 for v in m.values())
     assert record["methods"]["joint"]["step_ratio_to_joint"] == 1.0
     og = record["methods"]["ogm_ge"]
     ratio = record["methods"]["joint"]["update_samples_per_s"] / og["update_samples_per_s"]
     assert og["step_ratio_to_joint"] == pytest.approx(ratio)
+
+
+def test_speed_reports_the_median_and_warns_when_the_rounds_spread():
+    """Hand-made rounds: the median is reported, the spread is (max - min) / median, and a
+    spread over BUSY_SPREAD prints the busy-machine warning naming the method."""
+    quiet = MethodSpeed(update_rates=[100.0, 101.0, 99.0], end_to_end_rates=[50.0, 50.0, 51.0])
+    busy = MethodSpeed(update_rates=[300.0, 50.0, 100.0], end_to_end_rates=[40.0, 40.0, 40.0])
+    report = SpeedReport("synth", "cpu", 32, 0, 2, 1, 3, 1000.0, 2000.0)
+    report.methods = {"joint": quiet, "pmr": busy}
+    assert busy.update_samples_per_s == 100.0 and quiet.update_samples_per_s == 100.0
+    assert busy.spread == pytest.approx(2.5) and quiet.spread == pytest.approx(0.02)
+    assert report.step_ratio("pmr") == 1.0  # the median, not the lucky 300 samples/s round
+    assert report.busy() == ["pmr"]
+    table = format_table(report)
+    assert table.splitlines()[-1].startswith("warning: rounds differ by more than 20% for pmr:")
+    report.methods = {"joint": quiet}
+    assert "warning" not in format_table(report)
 
 
 def test_speed_runs_without_the_media_and_cluster_libraries(tmp_path, synth):
