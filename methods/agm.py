@@ -88,9 +88,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.base import Batch, StepInfo, cross_entropy
 from methods.joint import Joint
-from methods.registry import MethodConfigError, register_method
+from methods.parts.base import Batch, StepInfo, cross_entropy
+from methods.parts.registry import MethodConfigError, register_method
 
 MUTED_PASSES = ("eval", "fast")
 VARIANTS = ("paper", "official")

@@ -52,9 +52,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.base import Batch, StepInfo, cross_entropy
 from methods.joint import Joint
-from methods.registry import MethodConfigError, register_method
+from methods.parts.base import Batch, StepInfo, cross_entropy
+from methods.parts.registry import MethodConfigError, register_method
 
 NORM_SCOPES = ("tensor", "encoder")
 

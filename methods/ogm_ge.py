@@ -57,9 +57,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.base import Batch, StepInfo
 from methods.joint import Joint
-from methods.registry import MethodConfigError, register_method
+from methods.parts.base import Batch, StepInfo
+from methods.parts.registry import MethodConfigError, register_method
 
 COEFFS = ("paper", "shifted")
 SCOPES = ("all", "conv")

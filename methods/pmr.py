@@ -77,9 +77,9 @@ from typing import Any
 
 import torch
 
-from methods.base import Batch, BatchSource, StepInfo, cross_entropy
 from methods.joint import Joint
-from methods.registry import MethodConfigError, register_method
+from methods.parts.base import Batch, BatchSource, StepInfo, cross_entropy
+from methods.parts.registry import MethodConfigError, register_method
 
 VARIANTS = ("paper", "official")
 PROTO_SPLITS = ("train", "val")

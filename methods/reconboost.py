@@ -76,9 +76,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from methods.base import Batch, BatchSource, Method, StepInfo, cross_entropy
-from methods.encoders import init_weights
-from methods.registry import MethodConfigError, register_method
+from methods.parts.base import Batch, BatchSource, Method, StepInfo, cross_entropy
+from methods.parts.encoders import init_weights
+from methods.parts.registry import MethodConfigError, register_method
 
 OTHER_MODES = ("train", "eval")
 HEADS = ("mlp", "linear")

@@ -78,9 +78,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from methods.base import BatchSource
 from methods.joint import Joint
-from methods.registry import MethodConfigError, register_method
+from methods.parts.base import BatchSource
+from methods.parts.registry import MethodConfigError, register_method
 
 OFFICIAL_EPOCHS = 90  # the official schedule: T = 20 of 90 epochs
 OFFICIAL_PERIOD = 20

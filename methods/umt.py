@@ -97,9 +97,9 @@ import torch
 from torch import nn
 
 from datasets import atomic
-from methods.base import Batch, BatchSource, StepInfo, cross_entropy
 from methods.joint import Joint
-from methods.registry import MethodConfigError, register_method
+from methods.parts.base import Batch, BatchSource, StepInfo, cross_entropy
+from methods.parts.registry import MethodConfigError, register_method
 from methods.unimodal import Unimodal
 
 TEACHER_MODES = ("eval", "train")

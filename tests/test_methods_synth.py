@@ -2,10 +2,10 @@
 
 import pytest
 
-from benchmark.config import resolve
-from benchmark.data import open_dataset, prepare_dataset
-from benchmark.engine import train_run
-from benchmark.runstore import read_metrics, run_dir
+from benchmark.train.config import resolve
+from benchmark.train.data import open_dataset, prepare_dataset
+from benchmark.train.engine import train_run
+from benchmark.train.runstore import read_metrics, run_dir
 from methods import list_methods
 
 # The per-epoch diagnostics each method must log (METHODS.md / issue 3).

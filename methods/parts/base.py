@@ -16,8 +16,8 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
-from methods.optim import build_optimizer, build_scheduler
-from methods.registry import MethodConfigError
+from methods.parts.optim import build_optimizer, build_scheduler
+from methods.parts.registry import MethodConfigError
 
 Batch = dict[str, torch.Tensor]
 
