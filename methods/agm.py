@@ -187,6 +187,12 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
 class AGM(Joint):
     """AGM (Li et al., ICCV 2023): Shapley mono-modal responses, adaptive gradient scaling."""
 
+    DIAGNOSTICS = (
+        "train/kappa_{modality}",
+        "train/r_{modality}",
+        "train/rbar_{modality}",
+    )
+
     defaults: dict[str, Any] = {
         "alpha": 1.5,
         "clip": 10.0,

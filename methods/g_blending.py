@@ -121,6 +121,13 @@ class GBlending(Method):
     Each branch's weight comes from its overfitting-to-generalisation ratio on train samples
     held out of training."""
 
+    DIAGNOSTICS = (
+        "train/w_{modality}",
+        "train/w_fused",
+        "train/ce_fused",
+        "train/acc_{modality}",
+    )
+
     min_modalities = 2
     defaults: dict[str, Any] = {
         "super_epoch": 10,

@@ -164,6 +164,14 @@ class Greedy(Method):
     Re-balancing steps hold one modality's MMTM gates at their running means, the modality
     chosen from the difference of the two conditional learning speeds."""
 
+    DIAGNOSTICS = (
+        "train/d",
+        "train/curation",
+        "train/care_{modality}",
+        "train/gate2_{modality}",
+        "train/u_{modality}",
+    )
+
     min_modalities = 2
     defaults: dict[str, Any] = {
         "alpha": 0.01,

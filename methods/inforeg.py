@@ -163,6 +163,13 @@ class InfoReg(Method):
     The pull acts in the prime learning window, the early epochs where information is
     acquired fastest."""
 
+    DIAGNOSTICS = (
+        "train/beta_{modality}",
+        "train/trace_{modality}",
+        "train/k",
+        "train/prox_{modality}",
+    )
+
     min_modalities = 2
     defaults: dict[str, Any] = {
         "tau": 0.04,

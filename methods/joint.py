@@ -20,6 +20,8 @@ from methods.parts.registry import register_method
 class Joint(Method):
     """Joint training (baseline): encoders -> fusion head (``fusion``) -> CE on the fused logits."""
 
+    DIAGNOSTICS = ("train/loss",)
+
     defaults: dict[str, Any] = {}
 
     def __init__(self, encoders, num_classes, hp, ctx) -> None:

@@ -248,6 +248,13 @@ def _previous_modality(schedule: Any, modalities: Sequence[str]) -> dict[str, st
 class MIE(Method):
     """MIE / IGM (Jiang et al., IJCAI 2025): alternating unimodal SAM + flat grad modification."""
 
+    DIAGNOSTICS = (
+        "train/cos_before",
+        "train/cos_after",
+        "train/sigma_min_{modality}_l0",
+        "train/sigma_mean_{modality}_l1",
+    )
+
     defaults: dict[str, Any] = {
         "rho": 0.05,
         "tau": 0.4,

@@ -181,6 +181,15 @@ def _check_weights(weights: Any, modalities: Sequence[str]) -> tuple[float, ...]
 class MLA(Method):
     """MLA (Zhang et al., CVPR 2024): alternating unimodal sub-steps through one shared head."""
 
+    DIAGNOSTICS = (
+        "train/loss_{modality}",
+        "train/lambda_{modality}",
+        "train/cos_before_{modality}",
+        "train/cos_after_{modality}",
+        "train/p_trace",
+        "train/p_rank",
+    )
+
     defaults: dict[str, Any] = {
         "gm": "owm",
         "fusion": "entropy",

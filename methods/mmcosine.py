@@ -214,6 +214,13 @@ SYMMETRIC = {"film": SymmetricFiLM, "gated": SymmetricGated}
 class MMCosine(Method):
     """MMCosine (Xu et al., ICASSP 2023): modality-wise normalised weights and features."""
 
+    DIAGNOSTICS = (
+        "train/wnorm_{modality}",
+        "train/cos_y_{modality}",
+        "train/acc_{modality}",
+        "train/raw_acc",
+    )
+
     min_modalities = 2
     defaults: dict[str, Any] = {
         "scale": 10.0,

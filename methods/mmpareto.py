@@ -115,6 +115,14 @@ class MMPareto(Joint):
     """MMPareto (Wei & Hu, ICML 2024): conflict-free encoder gradients from the multimodal
     and unimodal losses (min-norm direction, rescaled magnitude)."""
 
+    DIAGNOSTICS = (
+        "train/cos_{modality}",
+        "train/conflict_{modality}",
+        "train/alpha_{modality}",
+        "train/ratio_{modality}",
+        "train/scale_{modality}",
+    )
+
     defaults: dict[str, Any] = {"gamma": 1.5, "norm_scope": "tensor"}
     paper_settings = {
         "optimizer": "sgd",

@@ -152,6 +152,11 @@ def modulate_(
 class OGMGE(Joint):
     """OGM-GE (Peng et al., CVPR 2022): on-the-fly gradient modulation + generalisation noise."""
 
+    DIAGNOSTICS = (
+        "train/k_{modality}",
+        "train/ratio",
+    )
+
     min_modalities = 2
     defaults: dict[str, Any] = {
         "alpha": 0.8,

@@ -158,6 +158,12 @@ def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
 class PMR(Joint):
     """PMR (Fan et al., CVPR 2023): prototypical CE terms that speed up the slower modality."""
 
+    DIAGNOSTICS = (
+        "train/rho",
+        "train/beta",
+        "train/gamma",
+    )
+
     min_modalities = 2
     defaults: dict[str, Any] = {
         "alpha": 1.0,

@@ -120,6 +120,14 @@ class ReconBoost(Method):
     """ReconBoost (Hua et al., ICML 2024): per-modality learners with a shared head, trained in
     alternating stages by a reconcilement-weighted boosting loss, then rectified jointly."""
 
+    DIAGNOSTICS = (
+        "train/stage",
+        "train/phase",
+        "train/beta",
+        "train/q_y",
+        "train/weight",
+    )
+
     min_modalities = 2
     defaults: dict[str, Any] = {
         "w1": 5.0,

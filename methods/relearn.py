@@ -161,6 +161,14 @@ class Relearn(Joint):
     """Diagnosing & Re-learning (Wei et al., ECCV 2024): joint training, with each
     encoder softly re-initialised by tanh(lambda x its train/val purity gap)."""
 
+    DIAGNOSTICS = (
+        "train/event",
+        "train/purity_train_{modality}",
+        "train/gap_{modality}",
+        "train/alpha_{modality}",
+        "train/init_dist_{modality}",
+    )
+
     defaults: dict[str, Any] = {
         "lambda": 3.0,
         "period": "scaled",

@@ -136,6 +136,13 @@ def forked_rng(device: torch.device) -> Iterator[None]:
 class UMT(Joint):
     """Uni-modal teachers (stage T, `unimodal`), then joint training with feature distillation."""
 
+    DIAGNOSTICS = (
+        "train/ce",
+        "train/distill_{modality}",
+        "train/cos_{modality}",
+        "train/teacher_acc_{modality}",
+    )
+
     defaults: dict[str, Any] = {
         "lam": 10.0,
         "teacher_epochs": 0,

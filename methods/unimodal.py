@@ -40,6 +40,8 @@ ENSEMBLES = ("logit", "prob")
 class Unimodal(Method):
     """Each modality trained alone on its own CE; fused = the uni-modal ensemble (UME)."""
 
+    DIAGNOSTICS = ("train/loss_{modality}",)
+
     defaults: dict[str, Any] = {"ensemble": "logit"}
 
     def __init__(self, encoders, num_classes, hp, ctx) -> None:
