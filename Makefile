@@ -79,7 +79,7 @@ bench-speed: install
 # machines may have no network; the script takes .venv's python if there is one, else
 # python3 (which needs torch, torchvision, numpy, scipy, pillow and tqdm).
 gpu-check:
-	benchmark/gpu_check.sh
+	benchmark/speed/gpu_check.sh
 
 # Tables, figures, and the results blocks of README.md and docs/*.md rewritten from the tables.
 figures: install

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmark.errors import USER_ERRORS
+from benchmark.errors import user_errors
 
 EPILOG = "Docs: README.md. Exit status 2 means bad input (the message says what to fix)."
 
@@ -19,7 +19,7 @@ def _first_line(obj: object) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from benchmark.data import data_root
+    from benchmark.train.data import data_root
     from datasets import get_dataset_spec, list_datasets
     from methods import get_method_class, list_encoders, list_fusions, list_methods
 
@@ -50,8 +50,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from benchmark.config import parse_overrides
-    from benchmark.data import data_root, prepare_dataset
+    from benchmark.train.config import parse_overrides
+    from benchmark.train.data import data_root, prepare_dataset
 
     options = parse_overrides(args.set or [])
     if args.recipe is not None:
@@ -74,10 +74,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmark.config import parse_overrides
-    from benchmark.data import data_root
-    from benchmark.launch import launch, plan_grid
-    from benchmark.runstore import results_root
+    from benchmark.launch.grid import launch, plan_grid
+    from benchmark.train.config import parse_overrides
+    from benchmark.train.data import data_root
+    from benchmark.train.runstore import results_root
 
     overrides = parse_overrides(args.set or [])
     if args.epochs is not None:
@@ -117,8 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from benchmark.runstore import results_root, store_line
-    from benchmark.submissions import SUBMISSIONS, dump_json, format_status, grid_statuses
+    from benchmark.launch.submissions import SUBMISSIONS, dump_json, format_status, grid_statuses
+    from benchmark.train.runstore import results_root, store_line
 
     results = results_root(args.results)
     statuses = grid_statuses(results)
@@ -139,16 +139,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from benchmark.report import main as report_main
-    from benchmark.runstore import results_root
+    from benchmark.report.build import main as report_main
+    from benchmark.train.runstore import results_root
 
     return report_main(results_root(args.results), args)
 
 
 def cmd_speed(args: argparse.Namespace) -> int:
-    from benchmark.config import parse_overrides
-    from benchmark.data import data_root
-    from benchmark.speed import format_table, measure, write_json
+    from benchmark.speed.measure import format_table, measure, write_json
+    from benchmark.train.config import parse_overrides
+    from benchmark.train.data import data_root
     from methods import list_methods
 
     overrides = parse_overrides(args.set or [])
@@ -314,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except USER_ERRORS as exc:
+    except user_errors() as exc:  # evaluated only when an exception is raised
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from datasets import DatasetError
-from datasets.atomic import DiskFullError
-from methods import MethodConfigError
-
 
 class UserError(Exception):
     """Bad input from the user (unknown key, bad value, missing directory...)."""
 
 
-# A full disk is not bad input, but its message is as complete (the path, the space
-# needed, the fix), so it ends the same way: one line, exit status 2.
-USER_ERRORS = (UserError, DatasetError, MethodConfigError, DiskFullError)
+def user_errors() -> tuple[type[Exception], ...]:
+    """The exception types the CLI reports as one line with exit status 2: UserError, the
+    datasets' and methods' own configuration errors, and a full disk (not bad input, but
+    its message is as complete: the path, the space needed, the fix). Imported on demand,
+    so that `--help` does not import torch."""
+    from datasets import DatasetError
+    from datasets.atomic import DiskFullError
+    from methods import MethodConfigError
+
+    return (UserError, DatasetError, MethodConfigError, DiskFullError)

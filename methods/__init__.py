@@ -9,10 +9,10 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from methods.base import BatchSource, Method, RunContext, StepInfo
-from methods.encoders import create_encoder, list_encoders
-from methods.fusion import create_fusion, list_fusions
-from methods.registry import METHODS, MethodConfigError, register_method
+from methods.parts.base import BatchSource, Method, RunContext, StepInfo
+from methods.parts.encoders import create_encoder, list_encoders
+from methods.parts.fusion import create_fusion, list_fusions
+from methods.parts.registry import METHODS, MethodConfigError, register_method
 
 _METHOD_MODULES = (
     "joint",

@@ -88,9 +88,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.base import Batch, StepInfo, cross_entropy
 from methods.joint import Joint
-from methods.registry import MethodConfigError, register_method
+from methods.parts.base import Batch, StepInfo, cross_entropy
+from methods.parts.registry import MethodConfigError, register_method
 
 MUTED_PASSES = ("eval", "fast")
 VARIANTS = ("paper", "official")
@@ -186,6 +186,12 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
 @register_method("agm")
 class AGM(Joint):
     """AGM (Li et al., ICCV 2023): Shapley mono-modal responses, adaptive gradient scaling."""
+
+    DIAGNOSTICS = (
+        "train/kappa_{modality}",
+        "train/r_{modality}",
+        "train/rbar_{modality}",
+    )
 
     defaults: dict[str, Any] = {
         "alpha": 1.5,

@@ -71,11 +71,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from methods.base import Batch, BatchSource, Method, StepInfo
-from methods.encoders import init_weights
-from methods.fusion import create_fusion
-from methods.optim import build_optimizer
-from methods.registry import MethodConfigError, register_method
+from methods.parts.base import Batch, BatchSource, Method, StepInfo
+from methods.parts.encoders import init_weights
+from methods.parts.fusion import create_fusion
+from methods.parts.optim import build_optimizer
+from methods.parts.registry import MethodConfigError, register_method
 
 MODES = ("online", "offline")
 FUSED = "fused"
@@ -120,6 +120,13 @@ class GBlending(Method):
 
     Each branch's weight comes from its overfitting-to-generalisation ratio on train samples
     held out of training."""
+
+    DIAGNOSTICS = (
+        "train/w_{modality}",
+        "train/w_fused",
+        "train/ce_fused",
+        "train/acc_{modality}",
+    )
 
     min_modalities = 2
     defaults: dict[str, Any] = {

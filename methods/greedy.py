@@ -81,9 +81,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.base import Batch, BatchSource, Method, StepInfo, cross_entropy
-from methods.encoders import init_weights
-from methods.registry import MethodConfigError, register_method
+from methods.parts.base import Batch, BatchSource, Method, StepInfo, cross_entropy
+from methods.parts.encoders import init_weights
+from methods.parts.registry import MethodConfigError, register_method
 
 VARIANTS = ("paper", "official")
 JOINED = (1, 2, 3)  # 0-based stages after which an MMTM joins the streams (stages 2, 3, 4)
@@ -163,6 +163,14 @@ class Greedy(Method):
 
     Re-balancing steps hold one modality's MMTM gates at their running means, the modality
     chosen from the difference of the two conditional learning speeds."""
+
+    DIAGNOSTICS = (
+        "train/d",
+        "train/curation",
+        "train/care_{modality}",
+        "train/gate2_{modality}",
+        "train/u_{modality}",
+    )
 
     min_modalities = 2
     defaults: dict[str, Any] = {

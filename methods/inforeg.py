@@ -80,10 +80,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.base import Batch, BatchSource, Method, StepInfo, cross_entropy
-from methods.encoders import init_weights
-from methods.fusion import create_fusion
-from methods.registry import MethodConfigError, register_method
+from methods.parts.base import Batch, BatchSource, Method, StepInfo, cross_entropy
+from methods.parts.encoders import init_weights
+from methods.parts.fusion import create_fusion
+from methods.parts.registry import MethodConfigError, register_method
 
 VARIANTS = ("paper", "v1", "v2")
 UNI_HEADS = ("separate", "slices")
@@ -163,6 +163,13 @@ class InfoReg(Method):
     The pull acts in the prime learning window, the early epochs where information is
     acquired fastest."""
 
+    DIAGNOSTICS = (
+        "train/beta_{modality}",
+        "train/trace_{modality}",
+        "train/k",
+        "train/prox_{modality}",
+    )
+
     min_modalities = 2
     defaults: dict[str, Any] = {
         "tau": 0.04,
@@ -197,7 +204,7 @@ class InfoReg(Method):
                 f"({', '.join(encoders)})"
             )
         super().__init__(encoders, num_classes, hp, ctx)
-        # the variant's defaults also when built without benchmark.config (tests, scripts)
+        # the variant's defaults also when built without benchmark.train.config (tests, scripts)
         variant = self.variant_defaults.get(self.hp["variant"], {})
         self.hp = hp = {**self.defaults, **variant, **hp}
         if hp["variant"] not in VARIANTS:

@@ -11,14 +11,16 @@ from typing import Any
 
 import torch
 
-from methods.base import Batch, Method, StepInfo, cross_entropy
-from methods.fusion import create_fusion
-from methods.registry import register_method
+from methods.parts.base import Batch, Method, StepInfo, cross_entropy
+from methods.parts.fusion import create_fusion
+from methods.parts.registry import register_method
 
 
 @register_method("joint")
 class Joint(Method):
     """Joint training (baseline): encoders -> fusion head (``fusion``) -> CE on the fused logits."""
+
+    DIAGNOSTICS = ("train/loss",)
 
     defaults: dict[str, Any] = {}
 

@@ -108,9 +108,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from methods.base import Batch, Method, StepInfo, cross_entropy
-from methods.encoders import init_weights
-from methods.registry import MethodConfigError, register_method
+from methods.parts.base import Batch, Method, StepInfo, cross_entropy
+from methods.parts.encoders import init_weights
+from methods.parts.registry import MethodConfigError, register_method
 
 HIDDEN = (256, 64)  # widths of the official MLP head
 _TINY = 1e-12  # added to gradient norms (SAM) and to cosine denominators
@@ -247,6 +247,13 @@ def _previous_modality(schedule: Any, modalities: Sequence[str]) -> dict[str, st
 @register_method("mie")
 class MIE(Method):
     """MIE / IGM (Jiang et al., IJCAI 2025): alternating unimodal SAM + flat grad modification."""
+
+    DIAGNOSTICS = (
+        "train/cos_before",
+        "train/cos_after",
+        "train/sigma_min_{modality}_l0",
+        "train/sigma_mean_{modality}_l1",
+    )
 
     defaults: dict[str, Any] = {
         "rho": 0.05,

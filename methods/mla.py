@@ -83,7 +83,7 @@ until that one has a gradient). Per epoch (``on_epoch_end``): ``p_trace`` (trace
 ``p_rank`` (number of singular values of P above 1e-3; the eigenvalues for OWM, where P is
 symmetric positive semi-definite). Each modality's per-epoch val/test accuracy of u^m is
 evaluated by the engine, and forgetting (running maximum - current) is computed from it by
-`benchmark.report.forgetting_frame`, as for every method.
+`benchmark.report.frames.forgetting_frame`, as for every method.
 
 Paper protocol (``paper_settings``, the official README's CREMA-D command): SGD lr 1e-3,
 momentum 0.9, weight decay 1e-4, StepLR(70, 0.1), 100 epochs, batch 64, 3 frames.
@@ -98,9 +98,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.base import Batch, Method, StepInfo, cross_entropy
-from methods.encoders import init_weights
-from methods.registry import MethodConfigError, register_method
+from methods.parts.base import Batch, Method, StepInfo, cross_entropy
+from methods.parts.encoders import init_weights
+from methods.parts.registry import MethodConfigError, register_method
 
 GMS = ("owm", "none", "code_formula")
 FUSIONS = ("entropy", "fixed")
@@ -180,6 +180,15 @@ def _check_weights(weights: Any, modalities: Sequence[str]) -> tuple[float, ...]
 @register_method("mla")
 class MLA(Method):
     """MLA (Zhang et al., CVPR 2024): alternating unimodal sub-steps through one shared head."""
+
+    DIAGNOSTICS = (
+        "train/loss_{modality}",
+        "train/lambda_{modality}",
+        "train/cos_before_{modality}",
+        "train/cos_after_{modality}",
+        "train/p_trace",
+        "train/p_rank",
+    )
 
     defaults: dict[str, Any] = {
         "gm": "owm",

@@ -78,10 +78,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from methods.base import Batch, Method, StepInfo
-from methods.encoders import init_weights
-from methods.fusion import ConcatFusion, FusionHead, SumFusion, create_fusion
-from methods.registry import MethodConfigError, register_method
+from methods.parts.base import Batch, Method, StepInfo
+from methods.parts.encoders import init_weights
+from methods.parts.fusion import ConcatFusion, FusionHead, SumFusion, create_fusion
+from methods.parts.registry import MethodConfigError, register_method
 
 HEADS = ("suite", "symmetric")
 EVAL_FUSED = ("cosine", "raw")
@@ -214,6 +214,13 @@ SYMMETRIC = {"film": SymmetricFiLM, "gated": SymmetricGated}
 class MMCosine(Method):
     """MMCosine (Xu et al., ICASSP 2023): modality-wise normalised weights and features."""
 
+    DIAGNOSTICS = (
+        "train/wnorm_{modality}",
+        "train/cos_y_{modality}",
+        "train/acc_{modality}",
+        "train/raw_acc",
+    )
+
     min_modalities = 2
     defaults: dict[str, Any] = {
         "scale": 10.0,
@@ -239,7 +246,7 @@ class MMCosine(Method):
 
     def __init__(self, encoders, num_classes, hp, ctx) -> None:
         super().__init__(encoders, num_classes, hp, ctx)
-        # the variant's defaults also when built without benchmark.config (tests, scripts)
+        # the variant's defaults also when built without benchmark.train.config (tests, scripts)
         variant = self.variant_defaults.get(self.hp["variant"], {})
         self.hp = hp = {**self.defaults, **variant, **hp}
         for key, choices in (("head", HEADS), ("eval_fused", EVAL_FUSED), ("variant", VARIANTS)):

@@ -52,9 +52,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.base import Batch, StepInfo, cross_entropy
 from methods.joint import Joint
-from methods.registry import MethodConfigError, register_method
+from methods.parts.base import Batch, StepInfo, cross_entropy
+from methods.parts.registry import MethodConfigError, register_method
 
 NORM_SCOPES = ("tensor", "encoder")
 
@@ -114,6 +114,14 @@ def _filled(params: list[nn.Parameter], grads: tuple[torch.Tensor | None, ...]) 
 class MMPareto(Joint):
     """MMPareto (Wei & Hu, ICML 2024): conflict-free encoder gradients from the multimodal
     and unimodal losses (min-norm direction, rescaled magnitude)."""
+
+    DIAGNOSTICS = (
+        "train/cos_{modality}",
+        "train/conflict_{modality}",
+        "train/alpha_{modality}",
+        "train/ratio_{modality}",
+        "train/scale_{modality}",
+    )
 
     defaults: dict[str, Any] = {"gamma": 1.5, "norm_scope": "tensor"}
     paper_settings = {

@@ -57,9 +57,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.base import Batch, StepInfo
 from methods.joint import Joint
-from methods.registry import MethodConfigError, register_method
+from methods.parts.base import Batch, StepInfo
+from methods.parts.registry import MethodConfigError, register_method
 
 COEFFS = ("paper", "shifted")
 SCOPES = ("all", "conv")
@@ -151,6 +151,11 @@ def modulate_(
 @register_method("ogm_ge")
 class OGMGE(Joint):
     """OGM-GE (Peng et al., CVPR 2022): on-the-fly gradient modulation + generalisation noise."""
+
+    DIAGNOSTICS = (
+        "train/k_{modality}",
+        "train/ratio",
+    )
 
     min_modalities = 2
     defaults: dict[str, Any] = {

@@ -77,9 +77,9 @@ from typing import Any
 
 import torch
 
-from methods.base import Batch, BatchSource, StepInfo, cross_entropy
 from methods.joint import Joint
-from methods.registry import MethodConfigError, register_method
+from methods.parts.base import Batch, BatchSource, StepInfo, cross_entropy
+from methods.parts.registry import MethodConfigError, register_method
 
 VARIANTS = ("paper", "official")
 PROTO_SPLITS = ("train", "val")
@@ -157,6 +157,12 @@ def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
 @register_method("pmr")
 class PMR(Joint):
     """PMR (Fan et al., CVPR 2023): prototypical CE terms that speed up the slower modality."""
+
+    DIAGNOSTICS = (
+        "train/rho",
+        "train/beta",
+        "train/gamma",
+    )
 
     min_modalities = 2
     defaults: dict[str, Any] = {

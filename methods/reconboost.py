@@ -76,9 +76,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from methods.base import Batch, BatchSource, Method, StepInfo, cross_entropy
-from methods.encoders import init_weights
-from methods.registry import MethodConfigError, register_method
+from methods.parts.base import Batch, BatchSource, Method, StepInfo, cross_entropy
+from methods.parts.encoders import init_weights
+from methods.parts.registry import MethodConfigError, register_method
 
 OTHER_MODES = ("train", "eval")
 HEADS = ("mlp", "linear")
@@ -119,6 +119,14 @@ def agreement(p_new: torch.Tensor, p_prev: torch.Tensor) -> torch.Tensor:
 class ReconBoost(Method):
     """ReconBoost (Hua et al., ICML 2024): per-modality learners with a shared head, trained in
     alternating stages by a reconcilement-weighted boosting loss, then rectified jointly."""
+
+    DIAGNOSTICS = (
+        "train/stage",
+        "train/phase",
+        "train/beta",
+        "train/q_y",
+        "train/weight",
+    )
 
     min_modalities = 2
     defaults: dict[str, Any] = {

@@ -78,9 +78,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from methods.base import BatchSource
 from methods.joint import Joint
-from methods.registry import MethodConfigError, register_method
+from methods.parts.base import BatchSource
+from methods.parts.registry import MethodConfigError, register_method
 
 OFFICIAL_EPOCHS = 90  # the official schedule: T = 20 of 90 epochs
 OFFICIAL_PERIOD = 20
@@ -160,6 +160,14 @@ class _Snapshot(nn.Module):
 class Relearn(Joint):
     """Diagnosing & Re-learning (Wei et al., ECCV 2024): joint training, with each
     encoder softly re-initialised by tanh(lambda x its train/val purity gap)."""
+
+    DIAGNOSTICS = (
+        "train/event",
+        "train/purity_train_{modality}",
+        "train/gap_{modality}",
+        "train/alpha_{modality}",
+        "train/init_dist_{modality}",
+    )
 
     defaults: dict[str, Any] = {
         "lambda": 3.0,

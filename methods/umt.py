@@ -97,9 +97,9 @@ import torch
 from torch import nn
 
 from datasets import atomic
-from methods.base import Batch, BatchSource, StepInfo, cross_entropy
 from methods.joint import Joint
-from methods.registry import MethodConfigError, register_method
+from methods.parts.base import Batch, BatchSource, StepInfo, cross_entropy
+from methods.parts.registry import MethodConfigError, register_method
 from methods.unimodal import Unimodal
 
 TEACHER_MODES = ("eval", "train")
@@ -135,6 +135,13 @@ def forked_rng(device: torch.device) -> Iterator[None]:
 @register_method("umt")
 class UMT(Joint):
     """Uni-modal teachers (stage T, `unimodal`), then joint training with feature distillation."""
+
+    DIAGNOSTICS = (
+        "train/ce",
+        "train/distill_{modality}",
+        "train/cos_{modality}",
+        "train/teacher_acc_{modality}",
+    )
 
     defaults: dict[str, Any] = {
         "lam": 10.0,

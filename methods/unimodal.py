@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.base import Batch, Method, StepInfo, cross_entropy
-from methods.encoders import init_weights
-from methods.registry import MethodConfigError, register_method
+from methods.parts.base import Batch, Method, StepInfo, cross_entropy
+from methods.parts.encoders import init_weights
+from methods.parts.registry import MethodConfigError, register_method
 
 ENSEMBLES = ("logit", "prob")
 
@@ -39,6 +39,8 @@ ENSEMBLES = ("logit", "prob")
 @register_method("unimodal")
 class Unimodal(Method):
     """Each modality trained alone on its own CE; fused = the uni-modal ensemble (UME)."""
+
+    DIAGNOSTICS = ("train/loss_{modality}",)
 
     defaults: dict[str, Any] = {"ensemble": "logit"}
 

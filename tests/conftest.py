@@ -19,7 +19,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def synth(data_root: Path):
-    from benchmark.data import open_dataset
+    from benchmark.train.data import open_dataset
 
     ds, _ = open_dataset("synth", data_root)
     return ds

@@ -47,7 +47,7 @@ def make_method(
     modality is audio, the others visual; `settings` override the run defaults."""
     import torch
 
-    from benchmark.config import RUN_DEFAULTS
+    from benchmark.train.config import RUN_DEFAULTS
     from methods import RunContext, create_encoder, create_method
 
     torch.manual_seed(seed)

@@ -14,7 +14,7 @@ import torch
 from helpers import make_method
 
 import methods.agm as agm
-from benchmark.config import resolve
+from benchmark.train.config import resolve
 from methods import MethodConfigError, StepInfo
 from methods.agm import (
     conditional_clip_factor,
@@ -24,7 +24,7 @@ from methods.agm import (
     running_scores,
     shapley_responses,
 )
-from methods.base import cross_entropy
+from methods.parts.base import cross_entropy
 
 ROOT = Path(__file__).resolve().parents[1]
 

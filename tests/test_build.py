@@ -7,8 +7,8 @@ import pytest
 import torch
 from helpers import FixedSource
 
-from benchmark.config import RUN_DEFAULTS
-from benchmark.host_sync import no_host_sync
+from benchmark.speed.host_sync import no_host_sync
+from benchmark.train.config import RUN_DEFAULTS
 from methods import (
     RunContext,
     StepInfo,

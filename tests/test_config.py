@@ -1,7 +1,7 @@
 import pytest
 
-from benchmark.config import RUN_DEFAULTS, parse_overrides, resolve
 from benchmark.errors import UserError
+from benchmark.train.config import RUN_DEFAULTS, parse_overrides, resolve
 from methods import MethodConfigError
 
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 from helpers import make_batch, make_method
 
-from benchmark.config import resolve
-from benchmark.contribution import cached_encoders, contribution_row, shapley, subset_batches
-from benchmark.data import open_dataset, prepare_dataset
-from benchmark.engine import train_run
+from benchmark.train.config import resolve
+from benchmark.train.contribution import cached_encoders, contribution_row, shapley, subset_batches
+from benchmark.train.data import open_dataset, prepare_dataset
+from benchmark.train.engine import train_run
 
 A, V = "audio", "visual"
 
@@ -31,7 +31,7 @@ def test_two_modalities_by_hand():
 def test_three_modalities_sum_to_full_minus_empty():
     mods = ["a", "b", "c"]
     g = torch.Generator().manual_seed(0)
-    from benchmark.contribution import subsets
+    from benchmark.train.contribution import subsets
 
     values = {s: float(torch.rand((), generator=g)) for s in subsets(mods)}
     phi = shapley(values, mods)

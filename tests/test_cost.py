@@ -5,7 +5,7 @@ import contextlib
 import torch
 from helpers import make_batch, make_method
 
-from benchmark.cost import flops_per_sample, parameter_counts
+from benchmark.train.cost import flops_per_sample, parameter_counts
 
 
 def test_parameter_counts_split_encoders_and_heads():

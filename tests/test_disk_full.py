@@ -21,8 +21,8 @@ import pytest
 import torch
 from helpers import ROOT, run_cli
 
-from benchmark import runlock
 from benchmark.cli import main
+from benchmark.train import runlock
 from datasets import PreparedDataset
 from datasets.atomic import DiskFullError, write_text
 from datasets.atomic import tmp_path as temporary_name
@@ -105,8 +105,8 @@ def test_checkpoint_on_a_full_disk(tmp_path: Path, synth, data_root: Path, capsy
         line = _error_line(proc.stderr)
         assert f"no space left for {mount / 'results' / ref_run.relative_to(reference)}" in line
     else:  # the kernel's ENOSPC through /dev/full, for epoch 1's checkpoint
-        from benchmark.engine import train_run
-        from benchmark.launch import plan_grid
+        from benchmark.launch.grid import plan_grid
+        from benchmark.train.engine import train_run
 
         def fill_disk(row: dict) -> None:
             if row["epoch"] == 0:

@@ -12,7 +12,6 @@ from helpers import FixedSource, make_batch, make_method
 from torch import nn
 
 from methods import MethodConfigError, RunContext, StepInfo, create_method
-from methods.base import cross_entropy
 from methods.greedy import (
     _excite,
     _squeeze,
@@ -20,6 +19,7 @@ from methods.greedy import (
     learning_speed,
     next_state,
 )
+from methods.parts.base import cross_entropy
 
 
 def t(x, dtype=torch.float64):
@@ -202,7 +202,7 @@ class NoStages(nn.Module):
 
 
 def test_encoders_without_stages_are_refused():
-    from benchmark.config import RUN_DEFAULTS
+    from benchmark.train.config import RUN_DEFAULTS
 
     settings = {**RUN_DEFAULTS, "device": "cpu"}
     ctx = RunContext(torch.device("cpu"), 1, 1, {"audio": "audio", "visual": "visual"}, settings)

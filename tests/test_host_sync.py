@@ -5,9 +5,9 @@ import pytest
 import torch
 from helpers import make_batch, make_method
 
-from benchmark.config import resolve
-from benchmark.data import RunData, open_dataset
-from benchmark.host_sync import HostSyncDetector, HostSyncError, first_host_sync, no_host_sync
+from benchmark.speed.host_sync import HostSyncDetector, HostSyncError, first_host_sync, no_host_sync
+from benchmark.train.config import resolve
+from benchmark.train.data import RunData, open_dataset
 from methods import StepInfo
 
 CPU = torch.device("cpu")

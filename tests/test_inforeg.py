@@ -9,9 +9,8 @@ import pytest
 import torch
 from helpers import make_batch, make_method
 
-from benchmark.config import resolve
+from benchmark.train.config import resolve
 from methods import MethodConfigError, StepInfo
-from methods.base import cross_entropy
 from methods.inforeg import (
     add_proximal_,
     regulation_coefficients,
@@ -19,6 +18,7 @@ from methods.inforeg import (
     true_class_sum,
     window_k,
 )
+from methods.parts.base import cross_entropy
 
 PLAIN_SGD = {"momentum": 0.0, "weight_decay": 0.0, "lr": 0.1}
 

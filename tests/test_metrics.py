@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, log_loss
 
-from benchmark.metrics import (
+from benchmark.train.metrics import (
     accuracy,
     classification_metrics,
     cross_entropy,

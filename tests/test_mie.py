@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import make_batch, make_method
 
-from benchmark.config import RUN_DEFAULTS
+from benchmark.train.config import RUN_DEFAULTS
 from methods import MethodConfigError, StepInfo
 from methods.mie import flat_transform
 
@@ -240,7 +240,7 @@ def test_official_variant_warns_about_rho():
 def test_official_paper_protocol_uses_the_official_batch():
     """The official configs (crema.json, kinetics_sound.json) train with batch 12: the paper
     protocol of the official variant reads it; the paper variant keeps the run's batch."""
-    from benchmark.config import resolve
+    from benchmark.train.config import resolve
 
     official = resolve(
         "mie", "cremad", "/nowhere", {}, 0, {"protocol": "paper", "variant": "official"}

@@ -11,9 +11,8 @@ import torch
 from helpers import make_batch, make_method
 from torch import nn
 
-from benchmark.config import RUN_DEFAULTS
+from benchmark.train.config import RUN_DEFAULTS
 from methods import MethodConfigError, RunContext, StepInfo, create_method
-from methods.base import cross_entropy
 from methods.mla import (
     batch_entropy_weights,
     code_formula_update,
@@ -23,6 +22,7 @@ from methods.mla import (
     owm_update,
     project,
 )
+from methods.parts.base import cross_entropy
 
 PLAIN_SGD = {"momentum": 0.0, "weight_decay": 0.0, "lr": 0.1}
 

@@ -10,7 +10,7 @@ import torch
 from helpers import make_batch, make_method
 from torch.nn import functional as F
 
-from benchmark.config import resolve
+from benchmark.train.config import resolve
 from methods import MethodConfigError, StepInfo
 from methods.mmcosine import SymmetricFiLM, SymmetricGated, cosine_logits, nce_loss
 

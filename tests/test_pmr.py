@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import FixedSource, make_method
 
-from benchmark.config import resolve
+from benchmark.train.config import resolve
 from methods import MethodConfigError, StepInfo
 from methods.pmr import class_sums, prototype_logits, rebalance_coefficients, update_prototypes
 

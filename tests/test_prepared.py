@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from helpers import run_cli, tree
 
-from benchmark.config import RUN_DEFAULTS
+from benchmark.train.config import RUN_DEFAULTS
 from datasets import DatasetError, ModalitySpec, PreparedDataset, write_prepared
 from datasets.loader import Loader, frame_positions, make_augment
 

@@ -2,10 +2,10 @@
 
 import torch
 
-from benchmark.config import resolve
-from benchmark.engine import train_run
-from benchmark.probes import fit_probe, fit_probes, probe_due
-from benchmark.runstore import read_metrics, run_dir
+from benchmark.train.config import resolve
+from benchmark.train.engine import train_run
+from benchmark.train.probes import fit_probe, fit_probes, probe_due
+from benchmark.train.runstore import read_metrics, run_dir
 
 
 def _planted(n: int, seed: int, classes: int = 5, dim: int = 32):

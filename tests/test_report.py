@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import report
 from benchmark.cli import main as cli_main
 from benchmark.errors import UserError
-from benchmark.fingerprint import code_fingerprint
+from benchmark.report import build, frames, tables
+from benchmark.train.fingerprint import code_fingerprint
 
 DATA = Path(__file__).resolve().parent / "data"
 TREE = DATA / "results_tree"
@@ -46,11 +46,11 @@ def current_tree(tmp_path: Path) -> Path:
 
 
 def test_parse_key():
-    assert report.parse_key("test/audio/acc") == ("test", "audio", "acc")
-    assert report.parse_key("val/fused/map") == ("val", "fused", "map")
-    assert report.parse_key("train/loss") == ("train", "all", "loss")
-    assert report.parse_key("train/coeff_audio") == ("train", "all", "coeff_audio")
-    assert report.parse_key("lr") == ("train", "all", "lr")
+    assert frames.parse_key("test/audio/acc") == ("test", "audio", "acc")
+    assert frames.parse_key("val/fused/map") == ("val", "fused", "map")
+    assert frames.parse_key("train/loss") == ("train", "all", "loss")
+    assert frames.parse_key("train/coeff_audio") == ("train", "all", "coeff_audio")
+    assert frames.parse_key("lr") == ("train", "all", "lr")
 
 
 def test_tidy_metrics_one_row_per_epoch_split_head_metric():
@@ -58,7 +58,7 @@ def test_tidy_metrics_one_row_per_epoch_split_head_metric():
         {"epoch": 0, "lr": 0.1, "train/loss": 2.0, "val/fused/acc": 0.5, "test/audio/f1": 0.25},
         {"epoch": 1, "lr": 0.05, "train/loss": 1.0, "val/fused/acc": 0.75, "note": "text"},
     ]
-    long = report.tidy_metrics(rows)
+    long = frames.tidy_metrics(rows)
     assert len(long) == 7  # 4 numbers in epoch 0, 3 in epoch 1 ("note" is dropped)
     got = long.set_index(["epoch", "split", "head", "metric"])["value"].to_dict()
     assert got[(1, "val", "fused", "acc")] == 0.75
@@ -67,7 +67,7 @@ def test_tidy_metrics_one_row_per_epoch_split_head_metric():
     assert got[(1, "train", "all", "lr")] == 0.05
 
 
-def _results() -> report.Results:
+def _results() -> frames.Results:
     """Two runs of one method, 3 epochs, fused and audio test accuracy."""
     test = {
         "a": {"fused": [0.5, 0.8, 0.6], "audio": [0.4, 0.6, 0.5]},
@@ -81,39 +81,39 @@ def _results() -> report.Results:
                     ["d", "m", 0 if run_id == "a" else 1, run_id, epoch, "test", head, "acc", acc]
                 )
     long = pd.DataFrame(
-        rows, columns=[*report.RUN_KEYS, "epoch", "split", "head", "metric", "value"]
+        rows, columns=[*frames.RUN_KEYS, "epoch", "split", "head", "metric", "value"]
     )
     runs = pd.DataFrame(
         [
             ["d", "m", 0, "a", 1, 2, ["fused", "audio"]],
             ["d", "m", 1, "b", 0, 2, ["fused", "audio"]],
         ],
-        columns=[*report.RUN_KEYS, "best_epoch", "last_epoch", "heads"],
+        columns=[*frames.RUN_KEYS, "best_epoch", "last_epoch", "heads"],
     )
-    return report.Results(long=long, runs=runs)
+    return frames.Results(long=long, runs=runs)
 
 
 def test_select_epochs_best_val_and_last():
     results = _results()
-    best = report.select_epochs(results, "best_val")
+    best = frames.select_epochs(results, "best_val")
     fused = best[best["head"] == "fused"].set_index("run_id")["value"]
     assert fused.to_dict() == {"a": 0.8, "b": 0.7}
-    last = report.select_epochs(results, "last")
+    last = frames.select_epochs(results, "last")
     assert last[last["head"] == "fused"].set_index("run_id")["value"].to_dict() == {
         "a": 0.6,
         "b": 0.9,
     }
     with pytest.raises(UserError, match="best_val, last"):
-        report.select_epochs(results, "oracle")
+        frames.select_epochs(results, "oracle")
 
 
 def test_aggregate_mean_std_n_in_percent():
-    stats = report.aggregate(report.select_epochs(_results(), "best_val"))
+    stats = frames.aggregate(frames.select_epochs(_results(), "best_val"))
     fused = stats[stats["head"] == "fused"].iloc[0]
     assert fused["n"] == 2
     assert fused["mean"] == pytest.approx(75.0)
     assert fused["std"] == pytest.approx(math.sqrt(2) * 5)  # values 80 and 70, ddof=1
-    single = report.aggregate(
+    single = frames.aggregate(
         pd.DataFrame(
             {
                 "dataset": ["d"],
@@ -128,12 +128,12 @@ def test_aggregate_mean_std_n_in_percent():
 
 
 def test_forgetting_frame_and_summary():
-    curves = report.forgetting_frame(_results().long, "test", "acc")
+    curves = frames.forgetting_frame(_results().long, "test", "acc")
     assert set(curves["head"]) == {"audio"}  # the fused head is not a modality
     by_run = curves.groupby("run_id")["forgetting"].apply(list).to_dict()
     assert by_run["a"] == pytest.approx([0.0, 0.0, 0.1])  # [.4 .6 .5]
     assert by_run["b"] == pytest.approx([0.0, 0.1, 0.2])  # [.3 .2 .1]
-    summary = report.forgetting_summary(curves).set_index("statistic")
+    summary = frames.forgetting_summary(curves).set_index("statistic")
     # mean over epochs: a 0.0333, b 0.1 -> 6.67 +- 4.71; final: a 0.1, b 0.2 -> 15 +- 7.07
     assert summary.loc["mean", "mean"] == pytest.approx(100 * (0.1 / 3 + 0.1) / 2)
     assert summary.loc["final", "mean"] == pytest.approx(15.0)
@@ -141,10 +141,10 @@ def test_forgetting_frame_and_summary():
 
 
 def test_format_mean_std():
-    assert report.format_mean_std(81.054, 0.226) == "81.05 ± 0.23"
-    assert report.format_mean_std(81.054, 0.226, latex=True) == "81.05 $\\pm$ 0.23"
-    assert report.format_mean_std(65.0, float("nan")) == "65.00"
-    assert report.format_mean_std(float("nan"), float("nan")) == "–"
+    assert tables.format_mean_std(81.054, 0.226) == "81.05 ± 0.23"
+    assert tables.format_mean_std(81.054, 0.226, latex=True) == "81.05 $\\pm$ 0.23"
+    assert tables.format_mean_std(65.0, float("nan")) == "65.00"
+    assert tables.format_mean_std(float("nan"), float("nan")) == "–"
 
 
 def _stats() -> pd.DataFrame:
@@ -159,8 +159,8 @@ def _stats() -> pd.DataFrame:
 
 
 def test_markdown_table_bolds_the_best_per_column_and_ties():
-    columns = report.main_columns(["fused", "audio"], ["acc"])
-    text = report.render_table(_stats(), columns, ["joint", "ogm_ge", "mie"], latex=False)
+    columns = tables.main_columns(["fused", "audio"], ["acc"])
+    text = tables.render_table(_stats(), columns, ["joint", "ogm_ge", "mie"], latex=False)
     assert text == (
         "| method | fused acc | audio acc | n |\n"
         "| --- | ---: | ---: | ---: |\n"
@@ -171,8 +171,8 @@ def test_markdown_table_bolds_the_best_per_column_and_ties():
 
 
 def test_latex_table_bolds_best_and_escapes_names():
-    columns = report.main_columns(["fused"], ["acc"])
-    text = report.render_table(_stats(), columns, ["joint", "ogm_ge"], latex=True)
+    columns = tables.main_columns(["fused"], ["acc"])
+    text = tables.render_table(_stats(), columns, ["joint", "ogm_ge"], latex=True)
     assert text == (
         "\\begin{tabular}{lrr}\n"
         "\\toprule\n"
@@ -195,19 +195,19 @@ def test_lower_is_better_and_no_bold_when_all_tie():
         ],
         columns=["method", "head", "statistic", "mean", "std", "n"],
     )
-    text = report.render_table(stats, report.forgetting_columns(["audio"]), ["a", "b"], False)
+    text = tables.render_table(stats, tables.forgetting_columns(["audio"]), ["a", "b"], False)
     assert "| b | **1.00 ± 1.00** | 0.00 ± 0.00 | 2 |" in text
     assert "| a | 3.00 ± 1.00 | 0.00 ± 0.00 | 2 |" in text
 
 
 def test_main_columns_first_metric_per_head_others_fused():
-    titles = [c.title for c in report.main_columns(["fused", "audio", "visual"], ["acc", "map"])]
+    titles = [c.title for c in tables.main_columns(["fused", "audio", "visual"], ["acc", "map"])]
     assert titles == ["fused acc", "audio acc", "visual acc", "fused mAP"]
 
 
 def test_method_order_puts_the_baseline_first_and_variants_after_their_method():
     names = ["zeta", "mie", "ogm_ge[alpha=0.5]", "joint", "ogm_ge", "agm", "pmr", "unimodal"]
-    assert report.method_order(names) == [
+    assert frames.method_order(names) == [
         "unimodal",
         "joint",
         "ogm_ge",
@@ -226,12 +226,12 @@ def test_runs_that_differ_in_config_are_variants_not_averaged():
         {"alpha": "0.8", "lr": "0.1"},
         {"alpha": "0.5", "lr": "0.1"},
     ]
-    assert report.variant_labels(runs, configs) == [
+    assert frames.variant_labels(runs, configs) == [
         "ogm_ge[alpha=0.8]",
         "ogm_ge[alpha=0.8]",
         "ogm_ge[alpha=0.5]",
     ]
-    assert report.variant_labels(runs.iloc[:2], configs[:2]) == ["ogm_ge", "ogm_ge"]
+    assert frames.variant_labels(runs.iloc[:2], configs[:2]) == ["ogm_ge", "ogm_ge"]
 
 
 def test_paper_vs_ours_difference_and_missing():
@@ -239,8 +239,8 @@ def test_paper_vs_ours_difference_and_missing():
         [("toy", "joint", "fused", "acc", 80.0, 7.07, 2)],
         columns=["dataset", "method", "head", "metric", "mean", "std", "n"],
     )
-    published = report.load_published(TREE / "paper")
-    comparison = report.paper_vs_ours(ours, published)
+    published = frames.load_published(TREE / "paper")
+    comparison = frames.paper_vs_ours(ours, published)
     assert list(comparison["method"]) == ["joint", "mie"]  # the unmatched row is not compared
     joint, mie = comparison.iloc[0], comparison.iloc[1]
     assert joint["difference"] == pytest.approx(20.0)
@@ -248,7 +248,7 @@ def test_paper_vs_ours_difference_and_missing():
 
 
 def test_published_csvs_of_the_checkout_are_well_formed():
-    published = report.load_published(Path(report.__file__).resolve().parents[1] / "results/paper")
+    published = frames.load_published(Path(build.__file__).resolve().parents[2] / "results/paper")
     assert len(published) > 40
     assert set(published["metric"]) <= {"acc", "map"}
     assert published["value"].between(0, 100).all()
@@ -369,7 +369,7 @@ def test_no_finished_runs_is_not_an_error(tmp_path, capsys):
 
 
 def test_method_colours_are_fixed_by_name_not_by_subset():
-    from benchmark.figures import method_colors
+    from benchmark.report.figures import method_colors
 
     everything = method_colors(["joint", "ogm_ge", "pmr", "agm", "mie"])
     assert method_colors(["mie"])["mie"] == everything["mie"]
@@ -394,7 +394,7 @@ def test_imbalance_table_of_an_old_tree_has_blanks_and_a_note(tmp_path, capsys):
 
 
 def test_imbalance_reference_and_gap_come_from_the_unimodal_run():
-    from benchmark.imbalance import with_reference
+    from benchmark.report.imbalance import with_reference
 
     stats = pd.DataFrame(
         [
@@ -416,7 +416,7 @@ def test_std_bands_are_clipped_to_the_metric_range():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmark.figures import _lines
+    from benchmark.report.figures import _lines
 
     frame = pd.DataFrame(
         {"epoch": [0, 0, 1, 1], "method": ["m"] * 4, "value": [90.0, 100.0, 90.0, 100.0]}

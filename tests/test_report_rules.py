@@ -17,9 +17,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from test_report import current_tree, paper_protocol  # noqa: E402
 
-from benchmark import figures, report  # noqa: E402
 from benchmark.cli import main as cli_main  # noqa: E402
-from benchmark.imbalance import with_reference  # noqa: E402
+from benchmark.report import figures, frames, readme, tables  # noqa: E402
+from benchmark.report.imbalance import with_reference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STATS_COLUMNS = ["dataset", "method", "head", "metric", "mean", "std", "n"]
@@ -36,8 +36,8 @@ def test_committed_readme_blocks_equal_the_committed_tables():
     names = []
     for path in files:
         text = path.read_text()
-        names += [m["name"] for m in report.README_BLOCK.finditer(text)]
-        new, stale = report.update_readme(text, ROOT / "results" / "tables")
+        names += [m["name"] for m in readme.README_BLOCK.finditer(text)]
+        new, stale = readme.update_readme(text, ROOT / "results" / "tables")
         assert stale == [], f"{path.name}: blocks {stale} have no table"
         assert new == text, f"{path.name}: results blocks are stale: run `make figures`"
     assert {"main/avdigits", "imbalance/avdigits", "forgetting/avdigits", "cost/avdigits"} <= set(
@@ -57,13 +57,13 @@ def test_readme_blocks_are_rewritten_from_the_tables_only_between_markers(tmp_pa
         "<!-- results:begin main/toy cols=method;b -->\n<!-- results:end main/toy -->\n"
         "<!-- results:begin main/absent -->\nkept\n<!-- results:end main/absent -->\nEnd.\n"
     )
-    new, stale = report.update_readme(readme, tables)
+    new, stale = readme.update_readme(readme, tables)
     assert stale == ["main/absent"]
     assert new.startswith("Prose stays.\n\n<!-- results:begin main/toy -->\n\n| method | a | b |")
     assert "| joint | 1.00 | 2.00 |\n\n<!-- results:end main/toy -->" in new
     assert "| method | b |\n| --- | ---: |\n| joint | 2.00 |\n" in new  # only the named columns
     assert "\nkept\n" in new and new.endswith("End.\n")
-    assert report.update_readme(new, tables)[0] == new  # idempotent
+    assert readme.update_readme(new, tables)[0] == new  # idempotent
 
 
 def test_report_rewrites_the_readme_passed_with_readme(tmp_path, capsys):
@@ -84,7 +84,7 @@ def test_report_rewrites_the_readme_passed_with_readme(tmp_path, capsys):
 
 def test_method_order_reference_first_then_baseline_then_publication():
     names = ["inforeg", "mie", "joint", "unimodal", "mmpareto", "g_blending", "joint[lr=0.1]"]
-    assert report.method_order(names) == [
+    assert frames.method_order(names) == [
         "unimodal",
         "joint",
         "joint[lr=0.1]",
@@ -93,12 +93,12 @@ def test_method_order_reference_first_then_baseline_then_publication():
         "mie",
         "inforeg",
     ]
-    assert report.canonical_methods()[:2] == ["unimodal", "joint"]
+    assert frames.canonical_methods()[:2] == ["unimodal", "joint"]
 
 
 def test_long_and_odd_method_names_never_break_markdown_columns():
     name = "joint[fusion=concat,lr=0.01,note=a|b]"
-    text = report.markdown_table(["method", "acc"], [[name, "1.00"]])
+    text = tables.markdown_table(["method", "acc"], [[name, "1.00"]])
     row = text.splitlines()[2]
     assert row.count("|") - row.count("\\|") == 3  # two cells: the escaped bar is not a rule
     assert "fusion=concat, lr=0.01" in row  # a renderer may wrap the long label
@@ -112,7 +112,7 @@ def test_a_variant_takes_its_methods_colour_and_differs_by_style():
     styles = figures.method_styles(names)
     looks = {(s["linestyle"], s["marker"]) for n, s in styles.items() if n.startswith("ogm_ge")}
     assert len(looks) == 3  # the three labels of one colour are told apart by style
-    canonical = report.canonical_methods()
+    canonical = frames.canonical_methods()
     fifteen = figures.method_colors(canonical)
     assert len(set(fifteen.values())) == len(canonical)  # no repeat among the registry
 
@@ -177,7 +177,7 @@ def _long(ce: bool) -> pd.DataFrame:
         rows.append(["d", "pmr", 0, "r0", epoch, "val", "fused", "acc", 0.5 + 0.1 * epoch])
         if ce:
             rows.append(["d", "pmr", 0, "r0", epoch, "val", "fused", "ce", 2.0 - 0.5 * epoch])
-    cols = [*report.RUN_KEYS, "epoch", "split", "head", "metric", "value"]
+    cols = [*frames.RUN_KEYS, "epoch", "split", "head", "metric", "value"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -216,11 +216,11 @@ def test_only_paper_protocol_runs_at_the_papers_epochs_are_ours():
             ["cremad", "mie", "d", "paper", 7, None, 3000],  # no paper epochs defined: kept
         ]
     )
-    kept, note = report.protocol_runs(runs)
+    kept, note = frames.protocol_runs(runs)
     assert list(kept["run_id"]) == ["a", "d"]
     assert note.startswith("left out of ours 2 run(s)")
     assert "1 epochs other than the paper's" in note and "1 protocol benchmark" in note
-    shown = report.ours_protocol(kept).set_index("method")
+    shown = frames.ours_protocol(kept).set_index("method")
     assert shown.loc["ogm_ge", "epochs"] == "100" and shown.loc["ogm_ge", "train_size"] == "3000"
 
 

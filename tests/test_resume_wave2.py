@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.config import resolve
-from benchmark.data import open_dataset, prepare_dataset
-from benchmark.engine import train_run
-from benchmark.runstore import read_metrics, run_dir
+from benchmark.train.config import resolve
+from benchmark.train.data import open_dataset, prepare_dataset
+from benchmark.train.engine import train_run
+from benchmark.train.runstore import read_metrics, run_dir
 
 TIMING = ("seconds", "samples_per_s", "probe_seconds")
 CASES = {

@@ -18,11 +18,11 @@ import torch
 from helpers import ROOT, run_cli, tree
 from test_prepared import write_by_hand
 
-from benchmark import runlock, runstore
 from benchmark.cli import main
-from benchmark.engine import build_method, resolve_device, set_rng_state, train_run
-from benchmark.fingerprint import data_fingerprint
-from benchmark.launch import plan_grid
+from benchmark.launch.grid import plan_grid
+from benchmark.train import runlock, runstore
+from benchmark.train.engine import build_method, resolve_device, set_rng_state, train_run
+from benchmark.train.fingerprint import data_fingerprint
 from datasets import PreparedDataset
 from methods import list_methods
 
@@ -339,11 +339,12 @@ def test_code_fingerprint_is_per_method(tmp_path):
     (with their base classes): a new or edited method file stales only its own runs."""
     import shutil
 
-    from benchmark.fingerprint import code_files, code_fingerprint
+    from benchmark.train.fingerprint import code_files, code_fingerprint
 
-    agm = {p.name for p in code_files("agm") if p.parent.name == "methods"}
-    assert {"agm.py", "joint.py", "base.py", "fusion.py"} <= agm
-    assert not agm & {"mie.py", "pmr.py", "__init__.py"}
+    agm = {p.relative_to(ROOT).as_posix() for p in code_files("agm")}
+    assert {"methods/agm.py", "methods/joint.py", "methods/parts/base.py"} <= agm
+    assert {"methods/parts/fusion.py", "benchmark/train/engine.py"} <= agm
+    assert not agm & {"methods/mie.py", "methods/pmr.py", "methods/__init__.py"}
     root = tmp_path / "checkout"
     for sub in ("methods", "benchmark", "datasets"):
         shutil.copytree(ROOT / sub, root / sub)

@@ -21,9 +21,9 @@ import pytest
 import torch
 from helpers import ROOT, run_cli, tree
 
-from benchmark.launch import plan_grid
-from benchmark.runstore import run_dir
-from benchmark.slurm_profiles import PROFILE_KEYS, load_profile
+from benchmark.launch.grid import plan_grid
+from benchmark.launch.slurm_profiles import PROFILE_KEYS, load_profile
+from benchmark.train.runstore import run_dir
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -299,7 +299,7 @@ def test_make_sweep_passes_launcher_and_profile():
 def test_run_lock_of_an_ended_slurm_job_is_taken_over_a_live_one_is_not(slurm_cluster, tmp_path):
     """A lock held by a Slurm job on another host: respected while squeue lists the job,
     taken over (with a note naming its final state) once the job has ended."""
-    from benchmark import runlock
+    from benchmark.train import runlock
 
     def submit(command: str) -> str:
         out = subprocess.run(

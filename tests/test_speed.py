@@ -15,10 +15,10 @@ from scipy.stats import ks_2samp
 from torchvision.transforms import RandomResizedCrop
 
 from benchmark.cli import main
-from benchmark.config import resolve
-from benchmark.engine import build_method
 from benchmark.errors import UserError
-from benchmark.speed import MethodSpeed, SpeedReport, format_table
+from benchmark.speed.measure import MethodSpeed, SpeedReport, format_table
+from benchmark.train.config import resolve
+from benchmark.train.engine import build_method
 from datasets.augment import sample_crop_boxes
 from datasets.loader import resolve_workers
 from methods import MethodConfigError, StepInfo, list_methods

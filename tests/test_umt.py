@@ -8,10 +8,10 @@ import pytest
 import torch
 from helpers import make_batch, make_method
 
-from benchmark.config import resolve
-from benchmark.data import open_dataset, prepare_dataset
-from benchmark.engine import train_run
-from benchmark.runstore import read_metrics, run_dir
+from benchmark.train.config import resolve
+from benchmark.train.data import open_dataset, prepare_dataset
+from benchmark.train.engine import train_run
+from benchmark.train.runstore import read_metrics, run_dir
 from methods import MethodConfigError, StepInfo
 from methods.umt import UMT, distillation_mse, feature_cosine, umt_loss
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from helpers import make_batch, make_method
 
-from benchmark.engine import StepInfo
+from benchmark.train.engine import StepInfo
 from methods import MethodConfigError
 
 

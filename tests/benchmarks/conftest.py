@@ -18,7 +18,7 @@ def speed_ratios(request: pytest.FixtureRequest) -> dict:
 @pytest.fixture(scope="session")
 def resnet_synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`synth` with 32 x 32 spectrograms and one 32 x 32 frame per clip (small inputs)."""
-    from benchmark.data import prepare_dataset
+    from benchmark.train.data import prepare_dataset
 
     root = tmp_path_factory.mktemp("bench-data")
     options = {"size": 32, "frames": 1, "num_samples": 200}

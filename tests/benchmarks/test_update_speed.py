@@ -15,9 +15,9 @@ import math
 import pytest
 import torch
 
-from benchmark.data import RunData, open_dataset
-from benchmark.engine import autocast, build_method
-from benchmark.speed import resolve_configs
+from benchmark.speed.measure import resolve_configs
+from benchmark.train.data import RunData, open_dataset
+from benchmark.train.engine import autocast, build_method
 from methods import StepInfo, list_methods
 
 # Step time / joint's step time, at most (ISSUE 3, "Speed").

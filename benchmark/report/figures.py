@@ -1,8 +1,8 @@
-"""Figures of a report (PNG for the README, PDF for papers), drawn from report.py's frames.
+"""Figures of a report (PNG for the README, PDF for papers), drawn from the frames of frames.py.
 
 One style everywhere: seaborn's "paper" context on a white grid, 7 pt text, sized for
 a paper column (3.3 in wide), and one colour per method from seaborn's colour-blind-safe
-palette, fixed by the method's position in `report.canonical_methods()` (the papers'
+palette, fixed by the method's position in `frames.canonical_methods()` (the papers'
 order, then the rest of the registry), so a method keeps its colour whatever subset of
 methods or datasets a report shows. Values are percentages; epochs are counted from 1.
 """
@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from benchmark.report import (  # noqa: E402
+from benchmark.report.frames import (  # noqa: E402
     METRIC_LABELS,
     Results,
     base_method,
@@ -475,7 +475,7 @@ def plot_imbalance(imb: pd.DataFrame, dataset: str) -> plt.Figure:
     line with its +- std band; the distance to the band is the imbalance. Frame: the
     imbalance table's (`imbalance.with_reference`); without a `unimodal` run, no line and
     a note."""
-    from benchmark.imbalance import reference_rows
+    from benchmark.report.imbalance import reference_rows
 
     part = imb[imb["dataset"] == dataset]
     modalities = [

@@ -1,5 +1,5 @@
 """A fake CREMA-D-shaped prepared dataset from random data, for speed checks without the
-release or a network: `python -m benchmark.fake_cremad OUT [--train N] [--val N] [--test N]`.
+release or a network: `python -m benchmark.speed.fake_cremad OUT [--train N] [--val N] [--test N]`.
 
 Same format, shapes and dtypes as `prepare cremad` (recipe ogm_ge) writes: audio float16
 [1, 257, 188] log-spectrograms, visual uint8 [3, 256, 341, 3] (K=3 frames of 256 x 341),
@@ -63,7 +63,9 @@ def write_fake_cremad(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmark.fake_cremad", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmark.speed.fake_cremad", description=__doc__
+    )
     parser.add_argument("out", help="directory to write")
     parser.add_argument("--train", type=int, default=2048)
     parser.add_argument("--val", type=int, default=256)

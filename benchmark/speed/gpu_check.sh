@@ -5,8 +5,8 @@
 # and end to end at batch 64 with loader workers, print the table and write the JSON.
 # About 2-4 minutes on one H100 (most of it writing ~2 GB of fake data and CUDA start-up).
 #
-#   benchmark/gpu_check.sh                 # or: make gpu-check
-#   OUT=/tmp/speed TRAIN_ROWS=4096 STEPS=50 benchmark/gpu_check.sh
+#   benchmark/speed/gpu_check.sh                 # or: make gpu-check
+#   OUT=/tmp/speed TRAIN_ROWS=4096 STEPS=50 benchmark/speed/gpu_check.sh
 #
 # Settings (environment): PYTHON (.venv/bin/python, else python3), OUT (where the JSON
 # and the table go; default results/speed), DATA (the fake dataset; default
@@ -14,7 +14,7 @@
 # STEPS (30), WARMUP (10), WORKERS (auto: up to 8), DEVICE (cuda), SET (extra --set
 # key=value pairs, e.g. "compile=true compile_mode=reduce-overhead"), METHODS (all).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 OUT=${OUT:-results/speed}
@@ -39,7 +39,7 @@ if torch.cuda.is_available():
 PY
 
 if [ ! -f "$DATA/meta.json" ] || [ "$("$PYTHON" -c "import json;print(json.load(open('$DATA/meta.json'))['splits']['train'])")" != "$TRAIN_ROWS" ]; then
-  "$PYTHON" -m benchmark.fake_cremad "$DATA" --train "$TRAIN_ROWS" --val 256 --test 256
+  "$PYTHON" -m benchmark.speed.fake_cremad "$DATA" --train "$TRAIN_ROWS" --val 256 --test 256
 fi
 
 args=(speed --dataset "$DATA" --device "$DEVICE" --batch-size "$BATCH" --steps "$STEPS"

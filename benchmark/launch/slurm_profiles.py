@@ -20,7 +20,7 @@ import yaml
 
 from benchmark.errors import UserError
 
-PROFILES_DIR = Path(__file__).resolve().parents[1] / "slurm"
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "slurm"
 
 
 @dataclass(frozen=True)

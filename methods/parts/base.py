@@ -8,7 +8,7 @@ only through `update`, `predict`, `on_epoch_start` and `on_epoch_end`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -16,8 +16,8 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
-from methods.optim import build_optimizer, build_scheduler
-from methods.registry import MethodConfigError
+from methods.parts.optim import build_optimizer, build_scheduler
+from methods.parts.registry import MethodConfigError
 
 Batch = dict[str, torch.Tensor]
 
@@ -64,8 +64,14 @@ class Method(nn.Module):
     A method with a `variant` hyper-parameter (e.g. "paper" | "official") may layer values
     that hold for one variant only: `variant_defaults` ({variant: {key: value}}),
     `variant_presets` ({variant: {dataset: {key: value}}}) and `variant_paper_settings`
-    ({variant: {setting: value}}, protocol "paper" only). benchmark/config.py applies them
-    in that order, above the plain defaults, presets and paper settings and below `--set`."""
+    ({variant: {setting: value}}, protocol "paper" only). benchmark/train/config.py applies
+    them in that order, above the plain defaults, presets and paper settings and below
+    `--set`.
+
+    Every method declares `DIAGNOSTICS`: the metrics.jsonl keys of the diagnostics it logs
+    each epoch (e.g. "train/ratio"); "{modality}" in a key stands for each of the run's
+    modalities ("train/k_{modality}" -> train/k_audio, train/k_visual). The tests train
+    each registered method and check that every key it declares is logged and finite."""
 
     name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]] = {}
@@ -75,6 +81,18 @@ class Method(nn.Module):
     variant_presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
     variant_paper_settings: ClassVar[dict[str, dict[str, Any]]] = {}
     min_modalities: ClassVar[int] = 1
+    DIAGNOSTICS: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def diagnostic_keys(cls, modalities: Sequence[str]) -> list[str]:
+        """`DIAGNOSTICS` with "{modality}" expanded for each of `modalities`, in order."""
+        keys: list[str] = []
+        for key in cls.DIAGNOSTICS:
+            expanded = (
+                [key.format(modality=m) for m in modalities] if "{modality}" in key else [key]
+            )
+            keys += [k for k in expanded if k not in keys]
+        return keys
 
     def __init__(
         self,

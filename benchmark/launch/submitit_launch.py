@@ -24,11 +24,9 @@ from typing import Any
 import submitit
 from tqdm.auto import tqdm
 
-from benchmark import runstore
-from benchmark.config import RunConfig
 from benchmark.errors import UserError
-from benchmark.slurm_profiles import check_partition, load_profile
-from benchmark.submissions import (
+from benchmark.launch.slurm_profiles import check_partition, load_profile
+from benchmark.launch.submissions import (
     Submission,
     Task,
     TaskState,
@@ -39,6 +37,8 @@ from benchmark.submissions import (
     run_key,
     task_states,
 )
+from benchmark.train import runstore
+from benchmark.train.config import RunConfig
 
 # Local launcher without a profile: this many runs at once.
 DEFAULT_LOCAL_PARALLELISM = max(1, min(4, os.cpu_count() or 1))
@@ -88,7 +88,7 @@ class TrainTask:
     ) -> dict[str, Any]:
         import torch
 
-        from benchmark.engine import train_run
+        from benchmark.train.engine import train_run
 
         if threads:
             torch.set_num_threads(threads)

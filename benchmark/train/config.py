@@ -19,7 +19,7 @@ from typing import Any
 
 from benchmark.errors import UserError
 from methods import get_method_class, list_encoders, list_fusions
-from methods.optim import OPTIMIZERS, SCHEDULERS
+from methods.parts.optim import OPTIMIZERS, SCHEDULERS
 
 # Run settings shared by every method: the fair comparison's knobs. Datasets override
 # these per dataset (their module's DEFAULTS); `--set` overrides both.
@@ -81,7 +81,7 @@ class RunConfig:
     seed: int
     settings: dict[str, Any] = field(default_factory=dict)
     hp: dict[str, Any] = field(default_factory=dict)
-    data_fingerprint: str = ""  # benchmark.fingerprint.data_fingerprint of the directory
+    data_fingerprint: str = ""  # benchmark.train.fingerprint.data_fingerprint of the directory
 
     @property
     def run_id(self) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from methods.registry import MethodConfigError
+from methods.parts.registry import MethodConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("step", "cosine", "none")

@@ -6,7 +6,7 @@ Three measurements in one process, on one dataset, device and batch size:
     reported beside it, the reads alone: `Loader.host_batches`);
 (b) `update` per method on one batch already on the device (the step alone), the same
     batch for every method, under bf16 autocast on CUDA as in the engine; two steps after
-    the warm-up run under `benchmark.host_sync.no_host_sync` (on CUDA
+    the warm-up run under `benchmark.speed.host_sync.no_host_sync` (on CUDA
     ``torch.cuda.set_sync_debug_mode("error")``, on the CPU a dispatch-mode detector of the
     operators that would sync on CUDA), so a host-device synchronisation in a step is
     caught and reported in the table;
@@ -37,12 +37,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from benchmark.config import RunConfig, resolve
-from benchmark.data import RunData, open_dataset
-from benchmark.engine import autocast, build_method, configure_backends, resolve_device
 from benchmark.errors import UserError
-from benchmark.host_sync import first_host_sync
-from benchmark.launch import check_devices
+from benchmark.speed.host_sync import first_host_sync
+from benchmark.train.config import RunConfig, resolve
+from benchmark.train.data import RunData, open_dataset
+from benchmark.train.devices import check_devices
+from benchmark.train.engine import autocast, build_method, configure_backends, resolve_device
 from datasets import PreparedDataset
 from datasets.loader import Loader, resolve_workers
 from methods import Method, StepInfo, list_methods

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from methods.encoders import init_weights
-from methods.registry import FUSIONS, MethodConfigError, register_fusion
+from methods.parts.encoders import init_weights
+from methods.parts.registry import FUSIONS, MethodConfigError, register_fusion
 
 Features = dict[str, torch.Tensor]
 

@@ -28,7 +28,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # meta.json fields that do not describe the data (they change on every identical prepare).
 VOLATILE_META = frozenset({"created", "registered", "plan"})
 INDEX_FILES = ("labels.npy", "ids.txt", "split_train.npy", "split_val.npy", "split_test.npy")
@@ -36,17 +36,17 @@ EDGE_BYTES = 1 << 20
 # The sources whose changes can change any run's numbers (relative to the checkout); a
 # run's own method adds the modules its class is built from (`method_files`).
 CODE_GLOBS = (
-    "methods/base.py",
-    "methods/registry.py",
-    "methods/encoders.py",
-    "methods/fusion.py",
-    "methods/optim.py",
-    "benchmark/engine.py",
-    "benchmark/config.py",
-    "benchmark/data.py",
-    "benchmark/metrics.py",
-    "benchmark/probes.py",
-    "benchmark/contribution.py",
+    "methods/parts/base.py",
+    "methods/parts/registry.py",
+    "methods/parts/encoders.py",
+    "methods/parts/fusion.py",
+    "methods/parts/optim.py",
+    "benchmark/train/engine.py",
+    "benchmark/train/config.py",
+    "benchmark/train/data.py",
+    "benchmark/train/metrics.py",
+    "benchmark/train/probes.py",
+    "benchmark/train/contribution.py",
     "datasets/loader.py",
     "datasets/augment.py",
     "datasets/prepared.py",
@@ -109,7 +109,7 @@ def method_files(method: str, root: Path = ROOT) -> set[Path]:
     """The modules of methods/ that the registered `method`'s class is built from (its own
     file and those of its base classes, e.g. joint.py for AGM); empty for an unknown name."""
     from methods import get_method_class
-    from methods.registry import MethodConfigError
+    from methods.parts.registry import MethodConfigError
 
     try:
         cls = get_method_class(method)

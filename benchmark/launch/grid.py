@@ -10,11 +10,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmark.config import RunConfig, resolve
-from benchmark.data import open_dataset
-from benchmark.engine import train_run
 from benchmark.errors import UserError
-from benchmark.fingerprint import data_fingerprint
+from benchmark.train.config import RunConfig, resolve
+from benchmark.train.data import open_dataset
+from benchmark.train.devices import check_devices
+from benchmark.train.engine import train_run
+from benchmark.train.fingerprint import data_fingerprint
 
 LAUNCHERS = ("inline", "local", "slurm")
 
@@ -37,25 +38,6 @@ def plan_grid(
                     resolve(method, ds.name, str(ds.root), defaults, seed, overrides, data)
                 )
     return configs
-
-
-def check_devices(configs: Sequence[RunConfig]) -> None:
-    """UserError when a run asks for a CUDA device this machine does not have (checked
-    for the launchers that train here; a Slurm job's node is checked by the job)."""
-    import torch
-
-    for cfg in configs:
-        device = str(cfg.settings["device"])
-        if not device.startswith("cuda"):
-            continue
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(device.split(":", 1)[1]) if ":" in device else 0
-        if index >= count:
-            have = f"{count} CUDA device(s)" if count else "no CUDA GPU visible"
-            raise UserError(
-                f"--device {device}: this machine has {have}; use --device cpu (or auto), "
-                "or run on a GPU node (--launcher slurm)"
-            )
 
 
 def run_inline(
@@ -96,12 +78,12 @@ def launch(
         check_devices(configs)
         return run_inline(configs, results, data_root, **flags)
     if launcher == "local":
-        from benchmark.submitit_launch import launch_local
+        from benchmark.launch.submitit_launch import launch_local
 
         check_devices(configs)
         return launch_local(configs, results, data_root, profile, **flags)
     if launcher == "slurm":
-        from benchmark.submitit_launch import launch_slurm
+        from benchmark.launch.submitit_launch import launch_slurm
 
         return launch_slurm(configs, results, data_root, profile, wait, **flags)
     raise UserError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")

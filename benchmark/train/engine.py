@@ -25,14 +25,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from benchmark import runlock, runstore
-from benchmark.config import RunConfig
-from benchmark.contribution import cached_encoders, contribution_row, subset_batches
-from benchmark.cost import cost_block
-from benchmark.data import RunData, open_dataset
-from benchmark.fingerprint import code_fingerprint
-from benchmark.metrics import classification_metrics
-from benchmark.probes import encoder_features, probe_due, probe_row
+from benchmark.train import runlock, runstore
+from benchmark.train.config import RunConfig
+from benchmark.train.contribution import cached_encoders, contribution_row, subset_batches
+from benchmark.train.cost import cost_block
+from benchmark.train.data import RunData, open_dataset
+from benchmark.train.fingerprint import code_fingerprint
+from benchmark.train.metrics import classification_metrics
+from benchmark.train.probes import encoder_features, probe_due, probe_row
 from datasets import PreparedDataset
 from methods import Method, RunContext, StepInfo, create_encoder, create_method
 
@@ -181,7 +181,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Accuracy, macro-F1 and mAP of every head of `method.predict` on one split; the fused
     accuracy with each subset of modalities absent, each modality's Shapley contribution
-    and the fused accuracy without it (`benchmark.contribution`). When `features` is a
+    and the fused accuracy without it (`benchmark.train.contribution`). When `features` is a
     dict, it receives the encoders' features of the split ({"features": {m: [N, D]},
     "label": [N]}) for the linear probes."""
     method.eval()

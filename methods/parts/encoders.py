@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet, resnet18
 
-from methods.registry import ENCODERS, MethodConfigError, register_encoder
+from methods.parts.registry import ENCODERS, MethodConfigError, register_encoder
 
 KINDS = ("audio", "visual")
 

@@ -2,10 +2,10 @@
 
 Per dataset and method (mean +- std over seeds, percent, test split at the reported
 epoch): fused accuracy; for each modality m its head's accuracy, its linear probe
-(`benchmark.probes`), the `unimodal` run's accuracy of m (the reference: m trained alone,
+(`benchmark.train.probes`), the `unimodal` run's accuracy of m (the reference: m trained alone,
 as the "<m>-only" rows of OGM-GE / BalanceBenchmark tables), the gap reference - probe
 (how much of m's features joint training cost), m's Shapley contribution and the fused
-accuracy without m (`benchmark.contribution`). Runs that predate these metrics, or a
+accuracy without m (`benchmark.train.contribution`). Runs that predate these metrics, or a
 sweep without `unimodal`, leave their cells blank ("–"), never an error.
 """
 
@@ -59,7 +59,7 @@ def has_reference(stats: pd.DataFrame) -> bool:
 
 def imbalance_columns(modalities: Sequence[str]):
     """fused acc, then per modality: head, probe, reference, gap, contribution, without m."""
-    from benchmark.report import Column
+    from benchmark.report.frames import Column
 
     columns = [Column("fused acc", {"head": "fused", "metric": "acc"})]
     for m in modalities:

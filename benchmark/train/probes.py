@@ -22,7 +22,7 @@ batched fit (both modalities, the whole l2 grid, 25 L-BFGS iterations) ~2%, unde
 10% budget; a probe on 25% of train scores the audio encoder within a point of 20%,
 and one on all of train ~3 points higher, so probe accuracies are comparable between
 runs of one fraction, not with other suites' full-train probes. val and test features
-come from the evaluation pass (`benchmark.contribution.cached_encoders`), so the probe
+come from the evaluation pass (`benchmark.train.contribution.cached_encoders`), so the probe
 adds no pass over them.
 Probes are evaluation only: they touch no parameter, buffer, optimiser or global RNG.
 """

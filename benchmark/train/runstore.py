@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from benchmark.config import RunConfig
 from benchmark.errors import UserError
-from benchmark.fingerprint import code_fingerprint
+from benchmark.train.config import RunConfig
+from benchmark.train.fingerprint import code_fingerprint
 from datasets import atomic
 
 DEFAULT_RESULTS = "results"

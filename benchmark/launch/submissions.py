@@ -24,8 +24,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from benchmark import runstore
-from benchmark.config import RunConfig
+from benchmark.train import runstore
+from benchmark.train.config import RunConfig
 
 SUBMISSIONS = "slurm"  # results/slurm/
 RECORD = "submission.json"
