@@ -1,4 +1,4 @@
-"""Command line: list | prepare | run | status | report (DESIGN.md, "Command line")."""
+"""Command line: list | prepare | run | status | report (docs/design.md, "Command line")."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from benchmark.errors import user_errors
 
-EPILOG = "Docs: README.md. Exit status 2 means bad input (the message says what to fix)."
+EPILOG = "Docs: README.md and docs/. Exit status 2 means bad input (the message says what to fix)."
 
 
 def _first_line(obj: object) -> str:
@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare", help="turn a raw release (or a generator) into the prepared format"
     )
     p.add_argument("dataset", help="registered dataset name (see `list datasets`)")
-    p.add_argument("--raw", help="the release's directory, in the layout README.md gives")
+    p.add_argument("--raw", help="the release's directory, in the layout docs/datasets.md gives")
     p.add_argument("--data-root", help="where prepared datasets live (default ./data)")
     p.add_argument("--out", help="write here instead of <data-root>/<dataset>")
     p.add_argument("--recipe", help="preprocessing recipe, where references disagree")

@@ -1,4 +1,4 @@
-"""Batched frame augmentation on the device (DESIGN.md, "Device and speed").
+"""Batched frame augmentation on the device (docs/design.md, "Device and speed").
 
 uint8 frames [B, K, H, W, 3] cross to the device as they are stored; here they become
 float frames [B, K, 3, S, S], normalised with the ImageNet statistics the reference code

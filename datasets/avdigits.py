@@ -52,7 +52,7 @@ trained alone converges: at the earlier 12 epochs of batch 64 (204 steps) it sto
 0.70 val / 0.63 test; inside ``joint`` the audio head 0.45 test while the fused
 prediction reaches 0.96: 18 points of audio lost to the imbalance, which the methods try
 to win back. Audio alone stays below 0.70 test at -6 dB (at -3 dB: 0.65 test, with the
-joint audio head rising to 0.51); the README's results give three seeds.
+joint audio head rising to 0.51); docs/results.md gives three seeds.
 """
 
 from __future__ import annotations

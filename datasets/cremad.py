@@ -67,7 +67,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 OPTIONS: dict[str, Any] = {**COMMON_OPTIONS, "recipe": "ogm_ge", "frame_size": [256, 341]}
 
-# OGM-GE defaults (METHODS.md): ResNet18 from scratch, 224 crops, SGD 1e-3, step 70 / 0.1.
+# OGM-GE defaults (docs/methods.md): ResNet18 from scratch, 224 crops, SGD 1e-3, step 70 / 0.1.
 DEFAULTS: dict[str, Any] = {
     "encoder": "resnet18",
     "crop_size": 224,

@@ -1,4 +1,4 @@
-"""The prepared on-disk format (DESIGN.md, "Prepared dataset format"): writer, reader, checks.
+"""The prepared on-disk format (docs/design.md, "Prepared dataset format"): writer, reader, checks.
 
 A prepared directory holds ``meta.json``, ``labels.npy``, ``ids.txt``,
 ``split_{train,val,test}.npy`` and one ``<modality>.npy`` per modality (opened
@@ -209,7 +209,7 @@ def _safe_name(value: Any) -> bool:
 
 
 def check_meta(root: Path, meta: Any) -> None:
-    """meta.json's structure and types (DESIGN.md, "Prepared dataset format"); raise
+    """meta.json's structure and types (docs/design.md, "Prepared dataset format"); raise
     DatasetError naming the first problem. Extra top-level keys are allowed."""
     if not isinstance(meta, dict):
         raise _fail(root, "meta.json must hold a JSON object; re-run prepare")

@@ -1,11 +1,11 @@
-"""AGM: Adaptive Gradient Modulation (METHODS.md, "AGM").
+"""AGM: Adaptive Gradient Modulation (docs/methods.md, "AGM").
 
 Hong Li, Xingyu Li, Pengbo Hu, Yinuo Lei, Chunxiao Li, Yi Zhou, "Boosting Multi-modal Model
 Performance with Adaptive Gradient Modulation", ICCV 2023. Official code:
 github.com/lihong2303/AGM_ICCV2023.
 
 Only the official code and the authors' replies could be read, so the steps below are
-numbered as METHODS.md gives them (S1-S6), not by the paper's equation numbers. For two
+numbered as docs/methods.md gives them (S1-S6), not by the paper's equation numbers. For two
 modalities a, v (``self.modalities`` in order) and one batch:
 
   S1  Mono-modal responses by zero-padding (Shapley values of a two-player game):
@@ -32,7 +32,7 @@ Options (``--set key=value``), with defaults:
                        AV-MNIST code).
   grad_clip_norm 1.0   S6's max norm (official CREMA-D code); a value <= 0 turns S6 off.
   muted_pass     "eval"  how f(a,0) and f(0,v) are computed:
-      "eval": METHODS.md's rule and the official code's: both muted passes run the encoders
+      "eval": docs/methods.md's rule and the official code's: both muted passes run the encoders
               in eval mode (BatchNorm running statistics), gradients flowing, so the present
               modality is re-encoded in eval mode. Cost: ONE extra eval-mode forward per
               encoder and step, on the batch plus one all-zero sample (an eval-mode encoder
@@ -51,7 +51,7 @@ Options (``--set key=value``), with defaults:
                        end. Outside the window the hooks keep applying the LAST kappa (1
                        before the first window step), as the official code does; the running
                        reference CE-bar is updated at every step regardless. The paper variant
-                       has no window (METHODS.md gives none); the official variant's is epochs
+                       has no window (docs/methods.md gives none); the official variant's is epochs
                        0..19 (the official scripts' ``modulation_starts`` 0 and
                        ``modulation_ends`` 20 over 1-based epochs, RM:159, RM:227-232 below).
 

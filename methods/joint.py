@@ -1,6 +1,6 @@
 """Joint training: the baseline row of every paper ("Concatenation" / "Baseline").
 
-L = CE(fused, y) (METHODS.md, "Joint training"); one optimiser over all parameters.
+L = CE(fused, y) (docs/methods.md, "Joint training"); one optimiser over all parameters.
 Subclasses (OGM-GE, PMR, AGM) change one hook each: `compute_loss` or
 `modify_gradients`; none copies the step.
 """

@@ -3,8 +3,8 @@
 Paper: Q.-Y. Jiang, Z. Chi, Y. Yang, "Multimodal Classification via Modal-Aware Interactive
 Enhancement", arXiv 2407.04587, 2024; published as "Interactive Multimodal Learning via Flat
 Gradient Modification" (IGM), IJCAI 2025. Official code: github.com/njustkmg/IJCAI25-IGM.
-The rule implemented is METHODS.md, section "MIE"; its steps 1-6 are numbered in the code
-below as in METHODS.md, and the backward-phase modification is the paper's Eq. 9 (IGM).
+The rule implemented is docs/methods.md, section "MIE"; its steps 1-6 are numbered in the code
+below as in docs/methods.md, and the backward-phase modification is the paper's Eq. 9 (IGM).
 
 Model: encoder phi^m and head h^m per modality; no fused loss. Prediction: p^m =
 softmax(h^m(phi^m(x^m))); fused logits = log(mean_m p^m) (the official code's late fusion).

@@ -1,9 +1,9 @@
 """OGM-GE: on-the-fly gradient modulation with generalisation enhancement.
 
 Peng, Wei, Deng, Wang, Hu, "Balanced Multimodal Learning via On-the-fly Gradient
-Modulation", CVPR 2022 (METHODS.md, "OGM-GE"). Official code: GeWu-Lab/OGM-GE_CVPR2022.
+Modulation", CVPR 2022 (docs/methods.md, "OGM-GE"). Official code: GeWu-Lab/OGM-GE_CVPR2022.
 
-Only Eq. 10 is cited by number (as in METHODS.md); the other steps are named.
+Only Eq. 10 is cited by number (as in docs/methods.md); the other steps are named.
 
 Algorithm, per training step while ``modulation_start <= epoch <= modulation_end``
 (outside that window a step is exactly a joint-training step):
@@ -39,7 +39,7 @@ gradient's std with ``.item()`` (ours is vectorised and never syncs with the hos
 ``scope`` is "conv" (use ``--set scope=conv``); at an exact tie rho^a = rho^v = 1 it
 modulates the audio encoder with k = 1 - tanh(alpha), while Eq. 10 (ours) leaves both at 1;
 it adds GE noise to both encoders' modulated parameters, also to the non-dominant one
-whose k is 1, and so do we (METHODS.md step 6).
+whose k is 1, and so do we (docs/methods.md step 6).
 
 Diagnostics (averaged per epoch by the engine as ``train/<key>``): ``k_<modality>`` for each
 modality (the coefficient applied: 1 outside the window) and ``ratio`` = rho of the first

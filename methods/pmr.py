@@ -1,7 +1,7 @@
 """PMR: prototypical modal rebalance.
 
 Fan, Xu, Wu, Zheng, Tao, "PMR: Prototypical Modal Rebalance for Multimodal Learning",
-CVPR 2023 (METHODS.md, "PMR"). Official code: fanyunfeng-bit/Modal-Imbalance-PMR
+CVPR 2023 (docs/methods.md, "PMR"). Official code: fanyunfeng-bit/Modal-Imbalance-PMR
 (main_Prototype_grad.py).
 
 Algorithm (the paper's variant, the default):

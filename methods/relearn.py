@@ -3,7 +3,7 @@
 Wei, Li, Feng, Hu, "Diagnosing and Re-learning for Balanced Multimodal Learning", ECCV
 2024. Official code: GeWu-Lab/Diagnosing_Relearning_ECCV2024 (code/ours.py: purity
 62-95, diagnosis 99-127, re-initialisation 139-169, schedule 345-349 and 418-427);
-specification: docs/methods.md, "relearn".
+specification: docs/methods.md, "Diagnosing & Re-learning".
 
 Training is joint training (CE on the fused logits, one forward and one backward per
 step, the run's fusion head); ``predict`` gives the fused logits and the fusion head's
@@ -33,7 +33,7 @@ The official code diagnoses with the validation split and selects its model on t
 split; here the diagnosis uses validation features too (the rule needs held-out data,
 and validation is the split the suite holds out from training), and model selection
 stays on validation (docs/design.md, "Model selection"). Using validation for both makes
-it less of a held-out split than for the other methods; the README says so.
+it less of a held-out split than for the other methods; docs/methods.md says so.
 
 Options (``--set key=value``):
 

@@ -10,6 +10,23 @@ import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+# Modules that register more methods or datasets for this session, before the test
+# modules are collected (their parametrisations read the registries): tests/test_adding.py
+# runs the registry-parametrised tests on the docs' "Adding a method" example this way.
+EXTRA_MODULES = "BENCH_TEST_EXTRA_MODULES"
+
+
+def _import_extra_modules() -> None:
+    import importlib.util
+
+    for path in filter(None, os.environ.get(EXTRA_MODULES, "").split(os.pathsep)):
+        spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+
+
+_import_extra_modules()
+
 
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:

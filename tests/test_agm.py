@@ -332,7 +332,7 @@ def test_official_presets():
 
 def eval_mode_scores(m, batch):
     """(CE^a, CE^v) from explicit batched muted passes with the encoders in eval mode: the
-    rule of METHODS.md, written out without the method's shortcuts."""
+    rule of docs/methods.md, written out without the method's shortcuts."""
     with torch.no_grad():
         fused, _ = m.head(m.features(batch))  # train mode: the main pass
         with eval_mode(m.encoders):

@@ -90,3 +90,20 @@ def test_cited_headings_exist(doc, required):
         h for h in required if not any(re.match(re.escape(h) + r"($|[ :(,])", f) for f in found)
     ]
     assert not missing, f"docs/{doc} has no section {missing}; the code cites them"
+
+
+def test_every_citation_in_the_code_names_an_existing_doc_section():
+    """`(docs/methods.md, "AGM")` in a docstring or comment: the page exists and has a
+    heading that starts with the cited name (e.g. "AGM (`agm`)")."""
+    cite = re.compile(r'docs/(\w+)\.md(?:,| section) "([^"]+)"')
+    sources = [
+        p for d in ("benchmark", "methods", "datasets", "tests") for p in (ROOT / d).rglob("*.py")
+    ]
+    cited, bad = 0, []
+    for source in sources:
+        for page, section in cite.findall(source.read_text()):
+            cited += 1
+            doc = ROOT / "docs" / f"{page}.md"
+            if not doc.is_file() or not any(h.startswith(section) for h in headings(doc)):
+                bad.append(f"{source.relative_to(ROOT)}: docs/{page}.md, {section!r}")
+    assert cited >= 10 and bad == []

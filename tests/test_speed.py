@@ -90,7 +90,7 @@ def test_speed_reports_the_median_and_warns_when_the_rounds_spread():
 
 def test_speed_runs_without_the_media_and_cluster_libraries(tmp_path, synth):
     """The GPU machines' image has no soundfile, soxr, submitit or librosa, and `speed`
-    needs only torch, torchvision, numpy, scipy, pillow and tqdm (README, "GPU"): every
+    needs only torch, torchvision, numpy, scipy, pillow and tqdm (docs/speed.md, "GPU"): every
     other dependency is made unimportable here."""
     blocked = ("soundfile", "soxr", "submitit", "librosa", "pandas", "matplotlib", "seaborn")
     blocked += ("sklearn", "yaml")

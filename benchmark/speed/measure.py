@@ -364,7 +364,7 @@ def format_table(report: SpeedReport) -> str:
 
 
 def write_json(report: SpeedReport, path: Path) -> None:
-    """The --json record (DESIGN: device, batch_size, loader and per-method rates)."""
+    """The --json record (docs/speed.md: device, batch_size, repeats, loader and per-method rates)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(report.to_json(), indent=1) + "\n")

@@ -1,4 +1,4 @@
-"""The `Method` contract (DESIGN.md, "Core interfaces").
+"""The `Method` contract (docs/design.md, "Core interfaces").
 
 A method is a small module with one job: `update(batch, step)` does one optimisation
 step and returns detached scalars to log; `predict(batch)` returns fused and

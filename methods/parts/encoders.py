@@ -1,4 +1,4 @@
-"""Encoders shared by every method (METHODS.md, "Shared model parts").
+"""Encoders shared by every method (docs/methods.md, "Shared model parts").
 
 An encoder maps one modality's batch to features [B, D] and exposes ``out_dim`` = D.
 Inputs: audio spectrograms [B, 1, F, T]; visual frames [B, K, 3, H, W] (each frame

@@ -1,4 +1,4 @@
-"""Fusion heads for the joint-style methods (METHODS.md, "Shared model parts").
+"""Fusion heads for the joint-style methods (docs/methods.md, "Shared model parts").
 
 Each head maps per-modality features {m: [B, D_m]} to ``(fused [B,C], {m: u^m [B,C]})``,
 where u^m is modality m's own logits as the imbalance papers define them:
