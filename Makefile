@@ -21,7 +21,7 @@ RECIPE ?=
 SWEEP_METHODS ?= unimodal joint ogm_ge pmr agm mie mmpareto mmcosine inforeg greedy g_blending relearn reconboost umt mla
 
 # g++: torch.compile's CPU backend builds its kernels with it (compile=true, and a test).
-DEBIAN_PACKAGES := espeak-ng dataset-fashion-mnist ffmpeg sox munge slurmctld slurmd slurm-client slurmdbd mariadb-server g++
+DEBIAN_PACKAGES := espeak-ng dataset-fashion-mnist ffmpeg munge slurmctld slurmd slurm-client slurmdbd mariadb-server g++
 
 BENCH_ARGS := --method $(METHOD) --dataset $(DATASET) --seeds $(SEEDS) --launcher $(LAUNCHER) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(PROFILE),--profile $(PROFILE)) \

@@ -26,8 +26,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     what = args.what
     if what in (None, "methods"):
         print("methods:")
+        width = max(len(name) for name in list_methods())
         for name in list_methods():
-            print(f"  {name:10s} {_first_line(get_method_class(name))}")
+            print(f"  {name:{width}s} {_first_line(get_method_class(name))}")
     if what in (None, "datasets"):
         print("datasets:")
         root = data_root(args.data_root)
@@ -97,10 +98,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         rerun_stale=args.rerun_stale,
     )
     if summaries:
-        header = f"{'method':8s} {'dataset':10s} {'seed':>4s} {'best':>4s}"
+        # columns as wide as the longest name (g_blending, reconboost, a prepared dir...)
+        mw = max(8, *(len(cfg.method) for cfg in configs))
+        dw = max(10, *(len(cfg.dataset) for cfg in configs))
+        header = f"{'method':{mw}s} {'dataset':{dw}s} {'seed':>4s} {'best':>4s}"
         print(f"{header}  test accuracy at the best-val epoch")
         for cfg, s in zip(configs, summaries, strict=True):
-            row = f"{cfg.method:8s} {cfg.dataset:10s} {cfg.seed:4d}"
+            row = f"{cfg.method:{mw}s} {cfg.dataset:{dw}s} {cfg.seed:4d}"
             if s is None:  # a submitted run that failed (reported above with its log)
                 print(f"{row} {'-':>4s}  not finished")
                 continue

@@ -72,15 +72,19 @@ def test_speed_prints_the_table_and_writes_the_json(tmp_path, synth, data_root):
 
 
 def test_speed_reports_the_median_and_warns_when_the_rounds_spread():
-    """Hand-made rounds: the median is reported, the spread is (max - min) / median, and a
-    spread over BUSY_SPREAD prints the busy-machine warning naming the method."""
+    """Hand-made rounds: the median rate is reported, a ratio is the median of the rounds'
+    ratios, the spread is the interquartile range / median, and a spread over BUSY_SPREAD
+    prints the busy-machine warning naming the method."""
     quiet = MethodSpeed(update_rates=[100.0, 101.0, 99.0], end_to_end_rates=[50.0, 50.0, 51.0])
     busy = MethodSpeed(update_rates=[300.0, 50.0, 100.0], end_to_end_rates=[40.0, 40.0, 40.0])
     report = SpeedReport("synth", "cpu", 32, 0, 2, 1, 3, 1000.0, 2000.0)
     report.methods = {"joint": quiet, "pmr": busy}
     assert busy.update_samples_per_s == 100.0 and quiet.update_samples_per_s == 100.0
-    assert busy.spread == pytest.approx(2.5) and quiet.spread == pytest.approx(0.02)
-    assert report.step_ratio("pmr") == 1.0  # the median, not the lucky 300 samples/s round
+    # quartiles (inclusive) of 99, 100, 101: 99.5 and 100.5; of 50, 100, 300: 75 and 200
+    assert quiet.spread == pytest.approx(0.01) and busy.spread == pytest.approx(1.25)
+    # per-round ratios 100/300, 101/50, 99/100: median 0.99, not the lucky 300 samples/s
+    assert report.step_ratio("pmr") == pytest.approx(0.99)
+    assert report.end_to_end_ratio("pmr") == pytest.approx(50 / 40)
     assert report.busy() == ["pmr"]
     table = format_table(report)
     assert table.splitlines()[-1].startswith("warning: rounds differ by more than 20% for pmr:")

@@ -18,9 +18,11 @@ times relative to joint.
 
 Timings repeat: (b) and (c) run `repeats` rounds, each round timing every method once in
 turn, so that a load that comes and goes hits every method alike rather than whichever ran
-then. Rates are the median over rounds and each comes with its spread ((max - min) /
-median of the rounds' rates); a spread over `BUSY_SPREAD` means the machine was busy and
-the ratios are uncertain, and the table says so.
+then. Rates are the median over rounds; a ratio to joint is the median over rounds of the
+ratio measured within each round (both timed under the same load). Each method comes with
+its spread, the interquartile range of its rounds' rates over their median (one odd
+round, such as a slow first one, does not move it); a spread over `BUSY_SPREAD` means the
+machine was busy and the ratios are uncertain, and the table says so.
 """
 
 from __future__ import annotations
@@ -54,8 +56,11 @@ Batch = dict[str, torch.Tensor]
 
 
 def spread(rates: Sequence[float]) -> float:
-    """(max - min) / median of repeated rates: 0 when the rounds agree."""
-    return (max(rates) - min(rates)) / statistics.median(rates) if rates else 0.0
+    """Interquartile range / median of repeated rates: 0 when the rounds agree."""
+    if len(rates) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(rates, n=4, method="inclusive")
+    return (q3 - q1) / statistics.median(rates)
 
 
 @dataclass
@@ -97,12 +102,14 @@ class SpeedReport:
     methods: dict[str, MethodSpeed] = field(default_factory=dict)
 
     def step_ratio(self, name: str) -> float:
-        """Step time of `name` / step time of joint (> 1: slower than joint)."""
-        return self.methods[BASELINE].update_samples_per_s / self.methods[name].update_samples_per_s
+        """Step time of `name` / step time of joint (> 1: slower than joint): the median
+        over rounds of the ratio within each round."""
+        base, rates = self.methods[BASELINE].update_rates, self.methods[name].update_rates
+        return statistics.median(b / r for b, r in zip(base, rates, strict=True))
 
     def end_to_end_ratio(self, name: str) -> float:
-        base = self.methods[BASELINE].end_to_end_samples_per_s
-        return base / self.methods[name].end_to_end_samples_per_s
+        base, rates = self.methods[BASELINE].end_to_end_rates, self.methods[name].end_to_end_rates
+        return statistics.median(b / r for b, r in zip(base, rates, strict=True))
 
     def busy(self) -> list[str]:
         """The methods whose rounds spread more than `BUSY_SPREAD`."""
@@ -352,7 +359,8 @@ def format_table(report: SpeedReport) -> str:
         )
     lines.append(
         "rates in samples/s (median over rounds); ratio = time per step / joint's (lower is "
-        "faster); spread = (max - min) / median over rounds"
+        "faster; median of the rounds' ratios); spread = interquartile range / median of the "
+        "rounds' rates"
     )
     busy = report.busy()
     if busy:
@@ -364,7 +372,8 @@ def format_table(report: SpeedReport) -> str:
 
 
 def write_json(report: SpeedReport, path: Path) -> None:
-    """The --json record (docs/speed.md: device, batch_size, repeats, loader and per-method rates)."""
+    """The --json record (docs/speed.md): device, batch size, repeats, loader and per-method
+    rates."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(report.to_json(), indent=1) + "\n")
