@@ -46,36 +46,36 @@ def test_committed_readme_blocks_equal_the_committed_tables():
 
 
 def test_readme_blocks_are_rewritten_from_the_tables_only_between_markers(tmp_path):
-    tables = tmp_path / "tables"
-    tables.mkdir()
-    (tables / "main.md").write_text(
+    table_dir = tmp_path / "table_dir"
+    table_dir.mkdir()
+    (table_dir / "main.md").write_text(
         "# Main\n\n### toy\n\ncaption\n\n| method | a | b |\n| --- | ---: | ---: |\n"
         "| joint | 1.00 | 2.00 |\n\n### other\n\n| method | a |\n| --- | ---: |\n| x | 3 |\n"
     )
-    readme = (
+    text = (
         "Prose stays.\n\n<!-- results:begin main/toy -->\nold\n<!-- results:end main/toy -->\n"
         "<!-- results:begin main/toy cols=method;b -->\n<!-- results:end main/toy -->\n"
         "<!-- results:begin main/absent -->\nkept\n<!-- results:end main/absent -->\nEnd.\n"
     )
-    new, stale = readme.update_readme(readme, tables)
+    new, stale = readme.update_readme(text, table_dir)
     assert stale == ["main/absent"]
     assert new.startswith("Prose stays.\n\n<!-- results:begin main/toy -->\n\n| method | a | b |")
     assert "| joint | 1.00 | 2.00 |\n\n<!-- results:end main/toy -->" in new
     assert "| method | b |\n| --- | ---: |\n| joint | 2.00 |\n" in new  # only the named columns
     assert "\nkept\n" in new and new.endswith("End.\n")
-    assert readme.update_readme(new, tables)[0] == new  # idempotent
+    assert readme.update_readme(new, table_dir)[0] == new  # idempotent
 
 
 def test_report_rewrites_the_readme_passed_with_readme(tmp_path, capsys):
     tree = current_tree(tmp_path)
-    readme = tmp_path / "README.md"
-    readme.write_text("x\n<!-- results:begin main/toy -->\n<!-- results:end main/toy -->\n")
+    readme_md = tmp_path / "README.md"
+    readme_md.write_text("x\n<!-- results:begin main/toy -->\n<!-- results:end main/toy -->\n")
     doc = tmp_path / "results.md"
-    doc.write_text(readme.read_text())
+    doc.write_text(readme_md.read_text())
     args = ["report", "--results", str(tree), "--out", str(tmp_path / "out"), "--no-figures"]
-    assert cli_main([*args, "--readme", str(readme), str(doc)]) == 0
-    assert "| mie | **90.00 ± 0.00** |" in readme.read_text()
-    assert doc.read_text() == readme.read_text()
+    assert cli_main([*args, "--readme", str(readme_md), str(doc)]) == 0
+    assert "| mie | **90.00 ± 0.00** |" in readme_md.read_text()
+    assert doc.read_text() == readme_md.read_text()
     assert capsys.readouterr().out.count("results blocks rewritten") == 2
 
 
