@@ -211,3 +211,22 @@ def test_speed_on_a_missing_gpu_is_one_line(synth, data_root):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--device cuda:64: this machine has" in lines[0]
+
+
+def test_help_prints_without_importing_torch():
+    """`python -m benchmark --help` answers at once: the CLI imports torch (via methods,
+    datasets and the error types) only in the commands that need it."""
+    code = (
+        "import sys\n"
+        "from benchmark.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0\n"
+        "assert 'torch' not in sys.modules, 'torch imported by --help'\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("usage: python -m benchmark")
