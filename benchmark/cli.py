@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,40 +13,38 @@ from benchmark.errors import user_errors
 EPILOG = "Docs: README.md and docs/. Exit status 2 means bad input (the message says what to fix)."
 
 
-def _first_line(obj: object) -> str:
-    """The first paragraph of `obj`'s docstring on one line, without RST markup."""
-    paragraph = (obj.__doc__ or "").strip().split("\n\n")[0]
-    return " ".join(paragraph.split()).replace("``", "")
+def listing_data_root(arg: str | None) -> Path:
+    """`benchmark.train.data.data_root`, without importing torch (a test checks they agree)."""
+    return Path(arg or os.environ.get("BENCH_DATA_ROOT") or "data")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from benchmark.train.data import data_root
-    from datasets import get_dataset_spec, list_datasets
-    from methods import get_method_class, list_encoders, list_fusions, list_methods
+    """Read from the sources (benchmark.catalog), so the list prints without torch."""
+    from benchmark.catalog import catalog
 
+    found = catalog()
     what = args.what
     if what in (None, "methods"):
         print("methods:")
-        width = max(len(name) for name in list_methods())
-        for name in list_methods():
-            print(f"  {name:{width}s} {_first_line(get_method_class(name))}")
+        width = max(len(name) for name in found.methods)
+        for name, doc in found.methods.items():
+            print(f"  {name:{width}s} {doc}")
     if what in (None, "datasets"):
         print("datasets:")
-        root = data_root(args.data_root)
-        for name in list_datasets():
-            spec = get_dataset_spec(name)
+        root = listing_data_root(args.data_root)
+        for name, entry in found.datasets.items():
             state = (
                 "prepared"
                 if (root / name / "meta.json").is_file()
-                else ("generated on first use" if spec.generated else "not prepared")
+                else ("generated on first use" if entry.generated else "not prepared")
             )
-            print(f"  {name:10s} {spec.description} [{state}]")
+            print(f"  {name:10s} {entry.description} [{state}]")
     if what in (None, "encoders"):
         print("encoders:")
-        for name in list_encoders():
+        for name in found.encoders:
             print(f"  {name}")
         print("fusion heads:")
-        for name in list_fusions():
+        for name in found.fusions:
             print(f"  {name}")
     return 0
 

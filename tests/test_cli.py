@@ -230,3 +230,41 @@ def test_help_prints_without_importing_torch():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("usage: python -m benchmark")
+
+
+def test_list_reads_the_registries_from_the_sources_without_torch(tmp_path):
+    """`list` reads names and descriptions with ast (benchmark.catalog): the same catalog
+    as the imported registries, printed without importing torch."""
+    from benchmark.catalog import read_catalog, registry_catalog
+    from benchmark.cli import listing_data_root
+    from benchmark.train.data import data_root
+
+    assert read_catalog() == registry_catalog()
+    assert listing_data_root(None) == data_root(None)
+    assert listing_data_root(str(tmp_path)) == data_root(str(tmp_path))
+    code = (
+        "import sys\n"
+        "from benchmark.cli import main\n"
+        "assert main(['list']) == 0\n"
+        "assert 'torch' not in sys.modules, 'torch imported by list'\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "  mmpareto " in proc.stdout and "fusion heads:" in proc.stdout
+
+
+def test_the_catalog_reader_falls_back_on_registrations_it_cannot_read(tmp_path):
+    """A non-literal registration (a name built at import time) is refused, not guessed."""
+    import shutil
+
+    from benchmark.catalog import NotLiteral, read_catalog
+
+    for package in ("methods", "datasets"):
+        shutil.copytree(ROOT / package, tmp_path / package)
+    joint = tmp_path / "methods" / "joint.py"
+    source = joint.read_text().replace('@register_method("joint")', "@register_method(NAME)")
+    joint.write_text(source)
+    with pytest.raises(NotLiteral):
+        read_catalog(tmp_path)
