@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from benchmark.errors import user_errors
 
@@ -74,7 +75,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmark.launch.grid import launch, plan_grid
+    from benchmark.launch.grid import done_before_generating, launch, plan_grid
     from benchmark.train.config import parse_overrides
     from benchmark.train.data import data_root
     from benchmark.train.runstore import results_root
@@ -85,7 +86,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.device is not None:
         overrides["device"] = args.device
     root, results = data_root(args.data_root), results_root(args.results)
-    configs = plan_grid(args.method, args.dataset, args.seeds, overrides, root)
+    grid = (args.method, args.dataset, args.seeds, overrides, root)
+    done = None
+    if not (args.restart or args.rerun_stale):
+        done = done_before_generating(*grid, results)
+    if done is not None:
+        configs, summaries, note = done
+        print(note, file=sys.stderr)
+        print_summaries(configs, summaries, results)
+        return 0
+    configs = plan_grid(*grid)
     summaries = launch(
         configs,
         args.launcher,
@@ -97,26 +107,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         rerun_stale=args.rerun_stale,
     )
     if summaries:
-        # columns as wide as the longest name (g_blending, reconboost, a prepared dir...)
-        mw = max(8, *(len(cfg.method) for cfg in configs))
-        dw = max(10, *(len(cfg.dataset) for cfg in configs))
-        header = f"{'method':{mw}s} {'dataset':{dw}s} {'seed':>4s} {'best':>4s}"
-        print(f"{header}  test accuracy at the best-val epoch")
-        for cfg, s in zip(configs, summaries, strict=True):
-            row = f"{cfg.method:{mw}s} {cfg.dataset:{dw}s} {cfg.seed:4d}"
-            if s is None:  # a submitted run that failed (reported above with its log)
-                print(f"{row} {'-':>4s}  not finished")
-                continue
-            if s.get("status") == "busy":
-                print(f"{row} {'-':>4s}  being trained by {s['holder']} since {s['since']}")
-                continue
-            accs = "  ".join(f"{h} {100 * s[f'test/{h}/acc']:.2f}" for h in s["heads"])
-            older = f"  (done with older code ({s['older_code']}))" if "older_code" in s else ""
-            print(f"{row} {s['best_epoch']:4d}  {accs}{older}")
-        print(f"runs in {results / 'runs'}")
+        print_summaries(configs, summaries, results)
         if any(s is None for s in summaries):
             return 1
     return 0
+
+
+def print_summaries(configs: Sequence[Any], summaries: Sequence[Any], results: Path) -> None:
+    """The run table: per run, its best-val epoch and test accuracy of every head."""
+    # columns as wide as the longest name (g_blending, reconboost, a prepared dir...)
+    mw = max(8, *(len(cfg.method) for cfg in configs))
+    dw = max(10, *(len(cfg.dataset) for cfg in configs))
+    header = f"{'method':{mw}s} {'dataset':{dw}s} {'seed':>4s} {'best':>4s}"
+    print(f"{header}  test accuracy at the best-val epoch")
+    for cfg, s in zip(configs, summaries, strict=True):
+        row = f"{cfg.method:{mw}s} {cfg.dataset:{dw}s} {cfg.seed:4d}"
+        if s is None:  # a submitted run that failed (reported above with its log)
+            print(f"{row} {'-':>4s}  not finished")
+            continue
+        if s.get("status") == "busy":
+            print(f"{row} {'-':>4s}  being trained by {s['holder']} since {s['since']}")
+            continue
+        accs = "  ".join(f"{h} {100 * s[f'test/{h}/acc']:.2f}" for h in s["heads"])
+        older = f"  (done with older code ({s['older_code']}))" if "older_code" in s else ""
+        print(f"{row} {s['best_epoch']:4d}  {accs}{older}")
+    print(f"runs in {results / 'runs'}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -268,3 +268,32 @@ def test_the_catalog_reader_falls_back_on_registrations_it_cannot_read(tmp_path)
     joint.write_text(source)
     with pytest.raises(NotLiteral):
         read_catalog(tmp_path)
+
+
+def test_run_does_not_generate_a_dataset_when_every_run_is_done(tmp_path):
+    """Issue 13: with the built-in not generated here, `run` reports runs the store already
+    has (matched through the data fingerprints they recorded) and says it did not generate
+    the data; one run missing, and it generates the data and trains as usual."""
+    data, results = tmp_path / "data", tmp_path / "results"
+    common = ["--dataset", "synth", "--results", str(results), "--set", "epochs=1", "workers=0"]
+    first = run_cli("run", "--method", "joint", "--seeds", "0", "--data-root", str(data), *common)
+    assert first.returncode == 0, first.stderr
+    assert (data / "synth" / "meta.json").is_file()
+
+    elsewhere = tmp_path / "fresh-data"  # as on a fresh clone: results, but no data
+    again = run_cli(
+        "run", "--method", "joint", "--seeds", "0", "--data-root", str(elsewhere), *common
+    )
+    assert again.returncode == 0, again.stderr
+    assert not elsewhere.exists()  # nothing generated
+    assert "every requested run is done; not generating synth" in again.stderr
+    row = [line for line in first.stdout.splitlines() if line.startswith("joint ")]
+    assert row and row == [line for line in again.stdout.splitlines() if line.startswith("joint ")]
+
+    more = run_cli(
+        "run", "--method", "joint", "--seeds", "0", "1", "--data-root", str(elsewhere), *common
+    )
+    assert more.returncode == 0, more.stderr
+    assert (elsewhere / "synth" / "meta.json").is_file()  # seed 1 was not done: generated
+    assert "not generating" not in more.stderr
+    assert len(list(results.glob("runs/synth/joint/*/summary.json"))) == 2
