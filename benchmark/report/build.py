@@ -1,19 +1,6 @@
-"""Reports from results/: every run into one tidy DataFrame, then tables (md, tex, csv).
-
-`load_results` reads results/runs/<dataset>/<method>/<run_id>/ (summary.json, metrics.jsonl,
-config.json) into one long frame with one row per run x epoch x split x head x metric
-(DomainBed's collect_results groups records the same way: by dataset, method and seed).
-Runs without summary.json (unfinished, killed, or still running) are left out and counted.
-
-Everything downstream is a pure function of that frame: the epoch each run is scored at
-(`select_epochs`: the best-val epoch the engine recorded, or the last), the mean +- std
-over seeds (`aggregate`), modality forgetting (`forgetting_frame`, running max - current
-of each modality's per-epoch accuracy, after avalanche's functional forgetting), and the
-table renderers (`markdown_table`, `latex_table`), which bold the best value per column
-within each dataset. Numbers in tables are percentages.
-
-Runs of one method whose configs differ (other than seed) are not averaged together: the
-differing keys become a variant label, e.g. `ogm_ge[alpha=0.5]`, shown as its own row.
+"""`python -m benchmark report`: the runs of results/ read into frames, then the tables
+(tables.py), the figures (figures.py) and the results blocks of README.md and docs/
+(readme.py) written from them.
 """
 
 from __future__ import annotations

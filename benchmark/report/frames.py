@@ -1,4 +1,4 @@
-"""Reports from results/: every run into one tidy DataFrame, then tables (md, tex, csv).
+"""The runs of results/ as tidy frames: what every table and figure is computed from.
 
 `load_results` reads results/runs/<dataset>/<method>/<run_id>/ (summary.json, metrics.jsonl,
 config.json) into one long frame with one row per run x epoch x split x head x metric
@@ -8,9 +8,10 @@ Runs without summary.json (unfinished, killed, or still running) are left out an
 Everything downstream is a pure function of that frame: the epoch each run is scored at
 (`select_epochs`: the best-val epoch the engine recorded, or the last), the mean +- std
 over seeds (`aggregate`), modality forgetting (`forgetting_frame`, running max - current
-of each modality's per-epoch accuracy, after avalanche's functional forgetting), and the
-table renderers (`markdown_table`, `latex_table`), which bold the best value per column
-within each dataset. Numbers in tables are percentages.
+of each modality's per-epoch accuracy, after avalanche's functional forgetting), the
+published-vs-ours comparison (`paper_vs_ours`), the method order and the `Column`s a
+table selects. tables.py renders these frames and figures.py draws them; this module
+imports neither.
 
 Runs of one method whose configs differ (other than seed) are not averaged together: the
 differing keys become a variant label, e.g. `ogm_ge[alpha=0.5]`, shown as its own row.
