@@ -213,23 +213,30 @@ def test_speed_on_a_missing_gpu_is_one_line(synth, data_root):
     assert len(lines) == 1 and "--device cuda:64: this machine has" in lines[0]
 
 
-def test_help_prints_without_importing_torch():
-    """`python -m benchmark --help` answers at once: the CLI imports torch (via methods,
-    datasets and the error types) only in the commands that need it."""
+def cli_output_without_torch(*args: str) -> str:
+    """stdout of `main(args)` run in a fresh interpreter, which fails if torch got imported
+    (--help's SystemExit(0) counts as success)."""
     code = (
         "import sys\n"
         "from benchmark.cli import main\n"
         "try:\n"
-        "    main(['--help'])\n"
+        f"    status = main({list(args)!r})\n"
         "except SystemExit as exc:\n"
-        "    assert exc.code == 0\n"
-        "assert 'torch' not in sys.modules, 'torch imported by --help'\n"
+        "    status = exc.code\n"
+        "assert status == 0, status\n"
+        f"assert 'torch' not in sys.modules, 'torch imported by {' '.join(args)}'\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.startswith("usage: python -m benchmark")
+    return proc.stdout
+
+
+def test_help_prints_without_importing_torch():
+    """`python -m benchmark --help` answers at once: the CLI imports torch (via methods,
+    datasets and the error types) only in the commands that need it."""
+    assert cli_output_without_torch("--help").startswith("usage: python -m benchmark")
 
 
 def test_list_reads_the_registries_from_the_sources_without_torch(tmp_path):
@@ -242,17 +249,8 @@ def test_list_reads_the_registries_from_the_sources_without_torch(tmp_path):
     assert read_catalog() == registry_catalog()
     assert listing_data_root(None) == data_root(None)
     assert listing_data_root(str(tmp_path)) == data_root(str(tmp_path))
-    code = (
-        "import sys\n"
-        "from benchmark.cli import main\n"
-        "assert main(['list']) == 0\n"
-        "assert 'torch' not in sys.modules, 'torch imported by list'\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "  mmpareto " in proc.stdout and "fusion heads:" in proc.stdout
+    out = cli_output_without_torch("list")
+    assert "  mmpareto " in out and "fusion heads:" in out
 
 
 def test_the_catalog_reader_falls_back_on_registrations_it_cannot_read(tmp_path):
