@@ -258,9 +258,11 @@ class InfoReg(Method):
             )
         unknown = sorted(set(gamma) - set(self.modalities) - set(kinds.values()))
         if unknown:
+            example = ", ".join(f'"{m}": G{i + 1}' for i, m in enumerate(self.modalities))
             raise MethodConfigError(
                 f"inforeg: gamma names {', '.join(unknown)}, which is no modality "
-                f"({', '.join(self.modalities)}) nor kind of this dataset"
+                f"({', '.join(self.modalities)}) nor kind of this dataset; give each modality "
+                f"its factor, e.g. --set 'gamma={{{example}}}'"
             )
         out = {}
         for m in self.modalities:

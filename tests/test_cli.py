@@ -295,3 +295,19 @@ def test_run_does_not_generate_a_dataset_when_every_run_is_done(tmp_path):
     assert (elsewhere / "synth" / "meta.json").is_file()  # seed 1 was not done: generated
     assert "not generating" not in more.stderr
     assert len(list(results.glob("runs/synth/joint/*/summary.json"))) == 2
+
+
+def test_a_method_that_fails_to_build_leaves_no_run_directory(tmp_path, synth, data_root):
+    """InfoReg's gamma names modalities; one that the dataset lacks fails when the method is
+    built, after the run's directory and lock were made: one line with the fix, exit 2,
+    and the run directory is gone with the lock."""
+    results = tmp_path / "results"
+    proc = run_cli(
+        "run", "--method", "inforeg", "--dataset", "synth", "--set", 'gamma={"depth": 1}',
+        "--results", str(results), "--data-root", str(data_root),
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "gamma names depth" in lines[0], lines
+    assert """--set 'gamma={"audio": G1, "visual": G2}'""" in lines[0]
+    assert list(results.glob("runs/*/*/*")) == []

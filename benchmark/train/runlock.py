@@ -237,10 +237,18 @@ def release(directory: Path, holder: Holder) -> None:
 
 @contextlib.contextmanager
 def hold(directory: Path, note: Callable[[str], None] | None = None) -> Iterator[Holder]:
-    """`acquire` ... `release` around a block (raises RunLocked when held elsewhere)."""
+    """`acquire` ... `release` around a block (raises RunLocked when held elsewhere). A run
+    directory this call created and the block left empty (the run failed before writing
+    anything, e.g. a method option that does not fit the dataset) is removed with the
+    lock, so that a failed start leaves no run directory behind. (Its parents stay: other
+    runs of the grid may be creating theirs in them at this moment.)"""
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     holder = acquire(directory, note)
     try:
         yield holder
     finally:
         release(directory, holder)
+        if created:
+            with contextlib.suppress(OSError):  # not empty: another process took it over
+                directory.rmdir()
