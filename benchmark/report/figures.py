@@ -32,6 +32,7 @@ from benchmark.report.frames import (  # noqa: E402
     head_order,
     method_order,
 )
+from benchmark.report.imbalance import reference_rows  # noqa: E402
 
 COLUMN_WIDTH = 3.3  # inches: one column of a two-column paper
 PALETTE = "colorblind"
@@ -475,8 +476,6 @@ def plot_imbalance(imb: pd.DataFrame, dataset: str) -> plt.Figure:
     line with its +- std band; the distance to the band is the imbalance. Frame: the
     imbalance table's (`imbalance.with_reference`); without a `unimodal` run, no line and
     a note."""
-    from benchmark.report.imbalance import reference_rows
-
     part = imb[imb["dataset"] == dataset]
     modalities = [
         h for h in head_order(part["head"]) if h != "fused" and not h.startswith("fused_")

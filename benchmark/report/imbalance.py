@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from benchmark.report.frames import Column
+
 REFERENCE_METHOD = "unimodal"
 
 
@@ -59,8 +61,6 @@ def has_reference(stats: pd.DataFrame) -> bool:
 
 def imbalance_columns(modalities: Sequence[str]):
     """fused acc, then per modality: head, probe, reference, gap, contribution, without m."""
-    from benchmark.report.frames import Column
-
     columns = [Column("fused acc", {"head": "fused", "metric": "acc"})]
     for m in modalities:
         columns += [
