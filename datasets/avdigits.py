@@ -19,8 +19,8 @@ Recipe (every parameter is recorded in meta.json):
    image-major; N = images x pairs_per_image; ids read
    ``img0042_voice-en-gb-x-rp+f3_s150_p40``.
 4. Synthesis: ``espeak-ng -v VOICE+VARIANT -s RATE -p PITCH -w tmp.wav WORD`` once per
-   (configuration, digit), run on a thread pool and cached in memory (n_configs x 10
-   subprocess calls), 16-bit mono at 22,050 Hz.
+   (configuration, digit) that some row hears, run on a thread pool and cached in memory
+   (at most N subprocess calls, however large ``n_configs`` is), 16-bit mono at 22,050 Hz.
 5. Audio features: int16 / 32768 -> leading/trailing silence trimmed (samples below 1% of
    the utterance's peak) -> centred in a fixed ``duration`` window (zero-padded or cropped
    around the centre) -> optional additive white Gaussian noise over the whole window at
@@ -245,12 +245,12 @@ def note(message: str) -> None:
 
 
 def synthesise_all(
-    exe: str, configs: list[tuple[str, str, int, int]], workers: int | None = None
+    exe: str, jobs: list[tuple[tuple[str, str, int, int], int]], workers: int | None = None
 ) -> dict[tuple[tuple[str, str, int, int], int], np.ndarray]:
-    """Every (configuration, digit) utterance, once, on a thread pool (cache in memory)."""
+    """Each (configuration, digit) utterance of `jobs` once, on a thread pool (cached in
+    memory)."""
     from tqdm.auto import tqdm
 
-    jobs = [(c, d) for c in configs for d in range(10)]
     out: dict[tuple[tuple[str, str, int, int], int], np.ndarray] = {}
     with (
         tempfile.TemporaryDirectory(prefix="avdigits-") as tmp,
@@ -467,10 +467,11 @@ def prepare(out_dir: Path, raw: Path | None, options: dict[str, Any]) -> None:
     labels = targets[img_of_row]
     n = len(labels)
 
-    # Audio: synthesise each (configuration, digit) once, then batch the features.
-    all_configs = [c for s in SPLIT_FRACTIONS for c in split_configs[s]]
-    note(f"avdigits: synthesising {len(all_configs) * 10} utterances with espeak-ng")
-    cache = synthesise_all(exe, all_configs)
+    # Audio: synthesise each (configuration, digit) a row uses, once; then batch the
+    # features. Utterances no row hears are never made, so n_configs costs nothing.
+    jobs = sorted({(c, int(d)) for c, d in zip(cfg_of_row, labels, strict=True)})
+    note(f"avdigits: synthesising {len(jobs)} utterances with espeak-ng")
+    cache = synthesise_all(exe, jobs)
     note(f"avdigits: {opts['feature']} features and frames of {n} samples")
     length = round(opts["duration"] * SAMPLE_RATE)
     clean = {key: trim_silence(w) for key, w in cache.items()}

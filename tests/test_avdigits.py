@@ -211,6 +211,26 @@ def test_stft_feature_and_occlusion(tmp_path: Path) -> None:
     assert ((vis == 128).sum(axis=(2, 3)) >= 64).all()
 
 
+def test_only_the_utterances_rows_hear_are_synthesised(tmp_path: Path, monkeypatch) -> None:
+    """n_configs sizes the pool of voices, not the number of espeak-ng calls: each
+    (configuration, digit) that some row hears is synthesised once, and no other."""
+    import datasets.avdigits as avd
+
+    calls: list[tuple[str, str]] = []
+    real = avd.synthesise
+
+    def counting(exe, config, word, wav_path):
+        calls.append((avd.config_name(*config), word))
+        return real(exe, config, word, wav_path)
+
+    monkeypatch.setattr(avd, "synthesise", counting)
+    ds = _prepare(tmp_path / "avd", max_images=100, n_configs=100, seed=1)
+    heard = {(_config(m), DIGIT_WORDS[y]) for m, y in zip(_parse(ds.ids), ds.labels, strict=True)}
+    assert len(calls) == len(set(calls)) == len(heard)
+    assert set(calls) == heard
+    assert len(calls) < 100 * 10  # the old scheme made every configuration say every digit
+
+
 def test_missing_espeak_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
     empty = tmp_path / "bin"
     empty.mkdir()
