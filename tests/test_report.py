@@ -107,6 +107,43 @@ def test_select_epochs_best_val_and_last():
         frames.select_epochs(results, "oracle")
 
 
+def test_unimodal_heads_are_each_scored_at_their_own_best_val_epoch():
+    """A `unimodal` run is one model per modality: audio is read where audio's val acc
+    peaks (earliest among ties), not where the ensemble's does; the ensemble, its
+    contribution rows and every other method keep the recorded best-val epoch."""
+    val = {"fused": [0.9, 0.95, 0.95, 0.9], "audio": [0.3, 0.5, 0.7, 0.7]}
+    test = {"fused": [0.1, 0.2, 0.3, 0.4], "audio": [0.11, 0.22, 0.33, 0.44]}
+    rows = []
+    for method, run_id in (("unimodal", "u"), ("unimodal[ensemble=prob]", "p"), ("joint", "j")):
+        for split, heads in (("val", val), ("test", test)):
+            for head, values in heads.items():
+                for epoch, v in enumerate(values):
+                    rows.append(["d", method, 0, run_id, epoch, split, head, "acc", v])
+            for epoch in range(4):
+                rows.append(["d", method, 0, run_id, epoch, split, "audio", "contribution", epoch])
+    long = pd.DataFrame(
+        rows, columns=[*frames.RUN_KEYS, "epoch", "split", "head", "metric", "value"]
+    )
+    runs = pd.DataFrame(
+        [
+            ["d", m, 0, r, 1, 3, ["fused", "audio"]]
+            for m, r in (("unimodal", "u"), ("unimodal[ensemble=prob]", "p"), ("joint", "j"))
+        ],
+        columns=[*frames.RUN_KEYS, "best_epoch", "last_epoch", "heads"],
+    )
+    results = frames.Results(long=long, runs=runs)
+    best = frames.select_epochs(results, "best_val")
+    got = best.set_index(["run_id", "head", "metric"])["value"].to_dict()
+    for run_id in ("u", "p"):  # a variant of unimodal is still separate models
+        assert got[(run_id, "audio", "acc")] == 0.33  # audio's val peaks first at epoch 2
+        assert got[(run_id, "fused", "acc")] == 0.2  # the recorded best-val epoch
+        assert got[(run_id, "audio", "contribution")] == 1  # the ensemble's epoch
+    assert got[("j", "audio", "acc")] == 0.22  # joint's heads share one model: epoch 1
+    assert len(best) == 3 * 3  # one row per run x (fused acc, audio acc, contribution)
+    last = frames.select_epochs(results, "last")
+    assert set(last[last["metric"] == "acc"]["value"]) == {0.4, 0.44}
+
+
 def test_aggregate_mean_std_n_in_percent():
     stats = frames.aggregate(frames.select_epochs(_results(), "best_val"))
     fused = stats[stats["head"] == "fused"].iloc[0]

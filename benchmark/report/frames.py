@@ -341,13 +341,48 @@ def head_order(heads: Iterable[str]) -> list[str]:
 
 def select_epochs(results: Results, select: str = "best_val", split: str = "test") -> pd.DataFrame:
     """The rows of `split` at the epoch each run is scored at: its best-val epoch (as the
-    engine recorded it in summary.json; the test split never picks) or its last epoch."""
+    engine recorded it in summary.json; the test split never picks) or its last epoch.
+
+    One exception, under best_val: in a run of a SEPARATE_MODELS method each modality's
+    head is a model trained alone, so its rows (every metric but the Shapley
+    contribution, which belongs to the ensemble) are read at that head's own best-val
+    epoch (`own_best_epochs`), the ensemble's at the recorded one. Otherwise the other
+    modality would decide when a modality's reference is read."""
     if select not in SELECTIONS:
         raise UserError(f"unknown --select {select!r}: use one of {', '.join(SELECTIONS)}")
     column = "best_epoch" if select == "best_val" else "last_epoch"
-    chosen = results.runs[["run_id", column]].rename(columns={column: "epoch"})
-    rows = results.long[results.long["split"] == split]
-    return rows.merge(chosen, on=["run_id", "epoch"], how="inner")
+    chosen = results.runs[["run_id", column]].rename(columns={column: "at"})
+    rows = results.long[results.long["split"] == split].merge(chosen, on="run_id")
+    if select == "best_val":
+        rows = rows.merge(own_best_epochs(results), on=["run_id", "head"], how="left")
+        own = rows.pop("own_epoch")
+        use_own = own.notna() & (rows["metric"] != "contribution")
+        rows["at"] = rows["at"].where(~use_own, own)
+    return rows[rows["epoch"] == rows.pop("at")].reset_index(drop=True)
+
+
+# Methods whose modality heads are separate models, each trained alone (no shared
+# parameter, no gradient across modalities): each is scored at its own best-val epoch.
+SEPARATE_MODELS = ("unimodal",)
+
+
+def own_best_epochs(results: Results) -> pd.DataFrame:
+    """run_id, head, own_epoch: for every modality head of a SEPARATE_MODELS run, the epoch
+    of its best val accuracy (the earliest among ties, the engine's rule for fused)."""
+    runs = results.runs[results.runs["method"].map(base_method).isin(SEPARATE_MODELS)]
+    if runs.empty:
+        return pd.DataFrame(columns=["run_id", "head", "own_epoch"])
+    val = results.long[
+        results.long["run_id"].isin(runs["run_id"])
+        & (results.long["split"] == "val")
+        & (results.long["metric"] == "acc")
+        & (results.long["head"] != "fused")
+    ]
+    modal = [(r, h) for r, hs in zip(runs["run_id"], runs["heads"], strict=True) for h in hs]
+    val = val[pd.MultiIndex.from_frame(val[["run_id", "head"]]).isin(modal)]
+    val = val.sort_values(["run_id", "head", "value", "epoch"], ascending=[True, True, False, True])
+    best = val.drop_duplicates(["run_id", "head"])[["run_id", "head", "epoch"]]
+    return best.rename(columns={"epoch": "own_epoch"}).reset_index(drop=True)
 
 
 def aggregate(
