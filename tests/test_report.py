@@ -121,6 +121,8 @@ def test_unimodal_heads_are_each_scored_at_their_own_best_val_epoch():
                     rows.append(["d", method, 0, run_id, epoch, split, head, "acc", v])
             for epoch in range(4):
                 rows.append(["d", method, 0, run_id, epoch, split, "audio", "contribution", epoch])
+            for epoch in (1, 3):  # probed at some epochs only (probe_every > 1)
+                rows.append(["d", method, 0, run_id, epoch, split, "audio", "probe_acc", epoch])
     long = pd.DataFrame(
         rows, columns=[*frames.RUN_KEYS, "epoch", "split", "head", "metric", "value"]
     )
@@ -138,10 +140,12 @@ def test_unimodal_heads_are_each_scored_at_their_own_best_val_epoch():
         assert got[(run_id, "audio", "acc")] == 0.33  # audio's val peaks first at epoch 2
         assert got[(run_id, "fused", "acc")] == 0.2  # the recorded best-val epoch
         assert got[(run_id, "audio", "contribution")] == 1  # the ensemble's epoch
+        assert got[(run_id, "audio", "probe_acc")] == 1  # not probed at 2: the recorded one
     assert got[("j", "audio", "acc")] == 0.22  # joint's heads share one model: epoch 1
-    assert len(best) == 3 * 3  # one row per run x (fused acc, audio acc, contribution)
+    assert len(best) == 3 * 4  # one row per run x (fused acc, audio acc, contribution, probe)
     last = frames.select_epochs(results, "last")
     assert set(last[last["metric"] == "acc"]["value"]) == {0.4, 0.44}
+    assert set(last[last["metric"] == "probe_acc"]["value"]) == {3}
 
 
 def test_aggregate_mean_std_n_in_percent():

@@ -344,21 +344,26 @@ def select_epochs(results: Results, select: str = "best_val", split: str = "test
     engine recorded it in summary.json; the test split never picks) or its last epoch.
 
     One exception, under best_val: in a run of a SEPARATE_MODELS method each modality's
-    head is a model trained alone, so its rows (every metric but the Shapley
-    contribution, which belongs to the ensemble) are read at that head's own best-val
-    epoch (`own_best_epochs`), the ensemble's at the recorded one. Otherwise the other
-    modality would decide when a modality's reference is read."""
+    head is a model trained alone, so its rows are read at that head's own best-val epoch
+    (`own_best_epochs`); the ensemble's stay at the recorded one, and so do the Shapley
+    contributions (they belong to the ensemble) and any metric not measured at the own
+    epoch (a probe, when `probe_every` skips it). Otherwise the other modality would
+    decide when a modality's reference is read."""
     if select not in SELECTIONS:
         raise UserError(f"unknown --select {select!r}: use one of {', '.join(SELECTIONS)}")
     column = "best_epoch" if select == "best_val" else "last_epoch"
     chosen = results.runs[["run_id", column]].rename(columns={column: "at"})
-    rows = results.long[results.long["split"] == split].merge(chosen, on="run_id")
-    if select == "best_val":
-        rows = rows.merge(own_best_epochs(results), on=["run_id", "head"], how="left")
-        own = rows.pop("own_epoch")
-        use_own = own.notna() & (rows["metric"] != "contribution")
-        rows["at"] = rows["at"].where(~use_own, own)
-    return rows[rows["epoch"] == rows.pop("at")].reset_index(drop=True)
+    rows = results.long[results.long["split"] == split]
+    picked = rows.merge(chosen, on="run_id")
+    picked = picked[picked["epoch"] == picked.pop("at")]
+    if select == "last":
+        return picked.reset_index(drop=True)
+    keys = ["run_id", "head", "metric"]
+    own = rows[rows["metric"] != "contribution"].merge(own_best_epochs(results), on=keys[:2])
+    own = own[own["epoch"] == own.pop("own_epoch")]
+    kept = picked.merge(own[keys], on=keys, how="left", indicator=True)
+    kept = kept[kept.pop("_merge") == "left_only"]
+    return pd.concat([kept, own], ignore_index=True)
 
 
 # Methods whose modality heads are separate models, each trained alone (no shared
