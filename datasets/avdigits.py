@@ -36,23 +36,34 @@ Recipe (every parameter is recorded in meta.json):
    independent Gaussian noise of std ``image_noise`` (0..255 units); clipped, uint8
    [N, K, H, W, 3].
 
-The default knobs make vision the dominant modality. Measured with a linear classifier
-(scikit-learn LogisticRegression on the flattened train arrays, scored on test; N=1797,
-seed 0; before the held-out voice pool of step 2): clean audio 0.97 / clean images 0.95;
-audio at 0 dB 0.84; defaults (audio_snr_db=-6, image_noise=64) audio 0.75, visual 0.93;
-audio at -12 dB 0.62, at -15 dB 0.46. With the held-out pool, the default audio scores
-0.81 val / 0.79 test (standardised, C=0.01). eSpeak NG's voices are clean and regular, so
-the audio is only the weaker modality under noise. ``audio_snr_db``, ``image_noise`` and
-``occlusion`` move the imbalance either way. Preparing the default dataset takes about
-10-15 s on 2 cores (2,000 espeak-ng calls).
+The defaults (clean images, audio at 0 dB SNR, 500 voice configurations) make vision the
+dominant modality. Measured with a linear classifier (scikit-learn LogisticRegression,
+C=0.01, on the standardised flattened train arrays): images 0.967 val / 0.964 test, audio
+0.908 / 0.903. The audio is harder for the small CNN than for the linear model, because
+val and test are spoken by accents it never heard.
+
+Measured with the suite itself (committed sweep, 3 seeds, CPU, run defaults below; a
+`unimodal` modality read at its own best-val epoch): audio trained alone (``unimodal``)
+0.741 test / 0.735 val; inside ``joint`` training the audio head 0.419 and the audio
+probe 0.608, while the fused prediction reaches 0.989. So the head is 32 points below
+audio alone, the probe 13. The issue asked for 15 under both; no knob got the probe that
+far while audio alone stayed above 0.70: an encoder after a single epoch already probes
+at 0.54-0.57 (either training), leaving the probe about 20 points of range. Joint
+training climbs from 0.54 to 0.61, while audio alone climbs to 0.74. The scan behind the
+choice (unimodal audio test / joint audio probe): the earlier defaults (-6 dB, image
+noise 64, 200 configurations; 3 seeds) 0.62 / 0.53, with val 6 points above test from
+too few held-out configurations; then seed 0 with 500 configurations, audio read at the
+fused best-val epoch: -6 dB, noise 32: 0.53 / 0.49; -3 dB, noise 16: 0.68 / 0.56; -2 dB,
+clean images: 0.72 / 0.60 (3 seeds, own epoch: 0.70 / 0.58); 0 dB, clean images: 0.69 /
+0.63 (3 seeds, own epoch: the numbers above). More data per image
+(``pairs_per_image=2``) lifts audio alone to 0.70 at -6 dB but doubles every run's time.
+``audio_snr_db``, ``image_noise`` and ``occlusion`` move the imbalance either way.
+Preparing the default dataset takes about 20 s on 2 cores (1,797 espeak-ng calls).
 
 Run defaults (batch 32, lr 0.03, 20 epochs, cosine) were chosen so that the audio model
-trained alone converges: at the earlier 12 epochs of batch 64 (204 steps) it stopped at
-45% test. Measured at these defaults (seed 0, CPU): audio trained alone (``unimodal``)
-0.70 val / 0.63 test; inside ``joint`` the audio head 0.45 test while the fused
-prediction reaches 0.96: 18 points of audio lost to the imbalance, which the methods try
-to win back. Audio alone stays below 0.70 test at -6 dB (at -3 dB: 0.65 test, with the
-joint audio head rising to 0.51); docs/results.md gives three seeds.
+trained alone converges: its train loss and val accuracy are flat over the last 5 epochs
+(at the earlier 12 epochs of batch 64 it stopped at 45% test). docs/results.md gives the
+sweep.
 """
 
 from __future__ import annotations
@@ -100,8 +111,8 @@ PITCHES = (20, 35, 50, 65, 80)  # 0..99 (-p)
 SPLIT_FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
 
 OPTIONS: dict[str, Any] = {
-    "audio_snr_db": -6.0,  # additive white noise on the audio, dB SNR; None = clean
-    "image_noise": 64.0,  # std of additive Gaussian pixel noise, 0..255 units
+    "audio_snr_db": 0.0,  # additive white noise on the audio, dB SNR; None = clean
+    "image_noise": 0.0,  # std of additive Gaussian pixel noise, 0..255 units
     "occlusion": 0.0,  # side of a random occluding square, fraction of the image side
     "pairs_per_image": 1,  # utterances paired with each image; N = 1797 * pairs_per_image
     "feature": "logmel",  # "logmel" | "stft"
@@ -111,7 +122,7 @@ OPTIONS: dict[str, Any] = {
     "duration": 1.0,  # seconds of audio per sample (word centred, padded or cropped)
     "image_size": 16,  # frames are image_size x image_size
     "frames": 2,  # K stored frames per sample
-    "n_configs": 200,  # voice configurations in all, split 60/20/20
+    "n_configs": 500,  # voice configurations in all, split 60/20/20
     "max_images": None,  # None = all 1,797 images; fewer for quick tests
     "seed": 0,
 }
