@@ -13,11 +13,12 @@ shared and no gradient crosses modalities:
 
 So one run gives each modality's unimodal accuracy (`test/<m>/acc`, the reference that
 joint training's per-modality heads and linear probes are compared with) and the UME
-prediction (`test/fused/acc`). The report reads each modality's accuracy at that
-modality's own best-val epoch, the ensemble's at the run's
-(docs/reports.md, "Reports: tables and figures from `results/`"). Each modality's step is its own forward, backward and
+prediction (`test/fused/acc`). Each modality's step is its own forward, backward and
 optimiser step, built by the shared factory with the run's optimiser and schedule (one
 optimiser per modality; with disjoint parameters this is exactly separate training).
+The report reads each modality's accuracy at that modality's own best-val epoch, the
+ensemble's at the run's
+(docs/reports.md, "Reports: tables and figures from `results/`").
 
 Options: ``ensemble`` ["logit"]: "logit" | "prob" (how the fused prediction is formed;
 training does not depend on it).

@@ -18,7 +18,7 @@ from datasets import DatasetError, PreparedDataset, get_dataset_spec
 from datasets.avdigits import DIGIT_WORDS, OPTIONS, SAMPLE_RATE, prepare
 
 ID_RE = re.compile(r"^img(\d{4})_voice-(?P<voice>[^+_]+)(\+(?P<var>\w+))?_s(\d+)_p(\d+)$")
-SMALL = {"max_images": 400, "n_configs": 40, "seed": 3}
+SMALL = {"max_images": 400, "n_configs": 40, "image_noise": 64.0, "seed": 3}  # noisy frames
 
 
 def _prepare(root: Path, **options) -> PreparedDataset:
