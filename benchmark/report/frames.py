@@ -375,16 +375,12 @@ def own_best_epochs(results: Results) -> pd.DataFrame:
     """run_id, head, own_epoch: for every modality head of a SEPARATE_MODELS run, the epoch
     of its best val accuracy (the earliest among ties, the engine's rule for fused)."""
     runs = results.runs[results.runs["method"].map(base_method).isin(SEPARATE_MODELS)]
-    if runs.empty:
-        return pd.DataFrame(columns=["run_id", "head", "own_epoch"])
-    val = results.long[
-        results.long["run_id"].isin(runs["run_id"])
-        & (results.long["split"] == "val")
-        & (results.long["metric"] == "acc")
-        & (results.long["head"] != "fused")
-    ]
-    modal = [(r, h) for r, hs in zip(runs["run_id"], runs["heads"], strict=True) for h in hs]
-    val = val[pd.MultiIndex.from_frame(val[["run_id", "head"]]).isin(modal)]
+    modal = runs[["run_id", "heads"]].explode("heads").rename(columns={"heads": "head"})
+    modal = modal[modal["head"] != "fused"]
+    long = results.long
+    val = long[(long["split"] == "val") & (long["metric"] == "acc")].merge(
+        modal, on=["run_id", "head"]
+    )
     val = val.sort_values(["run_id", "head", "value", "epoch"], ascending=[True, True, False, True])
     best = val.drop_duplicates(["run_id", "head"])[["run_id", "head", "epoch"]]
     return best.rename(columns={"epoch": "own_epoch"}).reset_index(drop=True)
